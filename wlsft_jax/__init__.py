@@ -1,0 +1,1 @@
+"""wlsft_jax: robust fine-tuning of pretrained vision encoders in JAX/Flax."""

@@ -1,0 +1,74 @@
+"""Training losses: softmax cross-entropy (FT, LP) and the CLIP contrastive loss (FLYP, WLS).
+
+Both are plain `jnp` functions of whole-batch arrays, so under `jax.jit` with a batch axis
+sharded over devices GSPMD inserts the collectives (e.g. gathering the other towers' embeddings
+for the similarity matrix); no explicit `psum`/`all_gather` is needed.
+
+`mask` marks the valid rows of a padded batch (False rows are ignored entirely). Losses are
+means over valid rows and are computed in float32 whatever the input dtype.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+# Logit for excluded (padded) candidates: finite, so gradients stay finite, yet exp() is 0.
+_EXCLUDED_LOGIT = -1e9
+
+
+def softmax_xent(logits, labels, mask=None):
+    """Softmax cross-entropy with integer labels.
+
+    Args:
+      logits: float[B, C].
+      labels: int[B], class indices.
+      mask: optional bool[B], True for examples that count.
+
+    Returns:
+      (mean loss over valid examples, bool[B] per-example top-1 correct, False where masked).
+    """
+    logits = logits.astype(jnp.float32)
+    valid = _valid_rows(mask, logits.shape[0])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels) & valid
+    return _masked_mean(losses, valid), correct
+
+
+def clip_contrastive(zimg, ztxt, temperature, mask=None):
+    """Symmetric CLIP (InfoNCE) loss: row i of `zimg` pairs with row i of `ztxt`.
+
+    Cross-entropy image->text over the rows of `temperature * zimg @ ztxt.T` and text->image
+    over its columns, averaged. Every other row of the batch is a negative, including rows that
+    share a class: FLYP, which feeds class-name prompts as the texts, does the same, so two
+    images of one class in a batch push each other's prompt away.
+
+    Args:
+      zimg: float[B, D] image embeddings (normally L2-normalised).
+      ztxt: float[B, D] text embeddings (normally L2-normalised).
+      temperature: scalar logit multiplier, CLIP's `exp(logit_scale)` (not its inverse).
+      mask: optional bool[B]; False rows are neither anchors nor negatives.
+
+    Returns:
+      (loss, metrics) with metrics "loss_i2t", "loss_t2i", "accuracy_i2t", "accuracy_t2i"
+      (top-1 retrieval of the paired row within the batch, over valid rows).
+    """
+    valid = _valid_rows(mask, zimg.shape[0])
+    logits = temperature * jnp.einsum("id,td->it", zimg.astype(jnp.float32),
+                                      ztxt.astype(jnp.float32))
+    metrics = {}
+    for direction, direction_logits in (("i2t", logits), ("t2i", logits.T)):
+        direction_logits = jnp.where(valid[None, :], direction_logits, _EXCLUDED_LOGIT)
+        log_probs = jax.nn.log_softmax(direction_logits)
+        metrics[f"loss_{direction}"] = _masked_mean(-jnp.diagonal(log_probs), valid)
+        matched = jnp.argmax(direction_logits, axis=-1) == jnp.arange(logits.shape[0])
+        metrics[f"accuracy_{direction}"] = _masked_mean(matched.astype(jnp.float32), valid)
+    loss = (metrics["loss_i2t"] + metrics["loss_t2i"]) / 2
+    return loss, metrics
+
+
+def _valid_rows(mask, batch_size):
+    return jnp.ones((batch_size,), bool) if mask is None else mask.astype(bool)
+
+
+def _masked_mean(values, valid):
+    """Mean of `values` over valid rows (0 when none is valid)."""
+    return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
