@@ -1,0 +1,152 @@
+"""Checkpoints of a training run with orbax: save, keep the last few, resume, restore on any mesh.
+
+Each checkpoint step holds three items:
+  - "state":    the training state pytree, e.g. {params, opt_state, step, rng} (jax.Arrays);
+  - "data":     the grain iterator position, one JSON file per process;
+  - "metadata": a small JSON dict (config, stage, ...).
+Saves run in the background. Orbax writes each step into a temporary directory and commits it
+at the end, so a save cut short (crash, preemption) is never taken for a checkpoint. The
+directory may be local or on GCS (`gs://...`).
+"""
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policies
+
+STATE, DATA, METADATA = "state", "data", "metadata"
+
+
+def restore_target(shapes: Any, shardings: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `shapes` (e.g. `jax.eval_shape` output) placed on `shardings`."""
+    return jax.tree.map(
+        lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+        shapes,
+        shardings,
+    )
+
+
+class Checkpointer:
+    """An orbax `CheckpointManager` for the state, data position and metadata of one run.
+
+    Use as a context manager (or call `close`) so the last background save completes before exit.
+    """
+
+    def __init__(
+        self,
+        directory: epath.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        save_interval_steps: int = 1,
+        async_save: bool = True,
+    ):
+        if save_interval_steps < 1:
+            raise ValueError(
+                f"save_interval_steps must be a positive number of steps, "
+                f"got {save_interval_steps}."
+            )
+        path = epath.Path(directory)
+        if "://" not in os.fspath(directory):
+            path = path.absolute()
+        self._manager = ocp.CheckpointManager(
+            path,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                # Every K-th step and on preemption (TPU maintenance); no unasked first save.
+                save_decision_policy=save_policies.AnySavePolicy([
+                    save_policies.FixedIntervalPolicy(save_interval_steps),
+                    save_policies.PreemptionCheckpointingPolicy(),
+                ]),
+                enable_async_checkpointing=async_save,
+            ),
+            item_names=(STATE, DATA, METADATA),
+        )
+
+    @property
+    def directory(self) -> epath.Path:
+        return self._manager.directory
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iterator: grain.DataLoaderIterator | grain.DatasetIterator | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Starts saving at `step` if due (every `save_interval_steps`, on preemption, or `force`).
+
+        Returns whether it started a save; a step already saved is not saved again. The data
+        iterator's position is recorded before this returns, so training may go on at once.
+        """
+        if step in self._manager.all_steps():
+            return False
+        items = {STATE: ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+        if metadata is not None:
+            items[METADATA] = ocp.args.JsonSave(dict(metadata))
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def all_steps(self) -> list[int]:
+        """Steps of all checkpoints, ascending (see `latest_step`)."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest checkpoint's step, or None if there is none.
+
+        On opening a directory only committed checkpoints count; afterwards this process's own
+        saves count as soon as they start (`restore` waits for them to complete).
+        """
+        return self._manager.latest_step()
+
+    def _check_step(self, step: int) -> None:
+        if step not in self._manager.all_steps():
+            raise ValueError(
+                f"No checkpoint at step {step} in {self.directory}; "
+                f"saved steps: {self.all_steps()}."
+            )
+
+    def restore(
+        self,
+        step: int,
+        abstract_state: Any,
+        data_iterator: grain.DataLoaderIterator | grain.DatasetIterator | None = None,
+    ) -> Any:
+        """The state saved at `step`, laid out as `abstract_state` says (see `restore_target`).
+
+        The shardings in `abstract_state` may use any mesh, not only the one that saved. When
+        `data_iterator` is given it is moved to the saved position, in place.
+        """
+        self._check_step(step)
+        self.wait_until_finished()
+        items = {STATE: ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The metadata dict saved at `step`."""
+        self._check_step(step)
+        self.wait_until_finished()
+        items = {METADATA: ocp.args.JsonRestore()}
+        return self._manager.restore(step, args=ocp.args.Composite(**items))[METADATA]
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the background save in flight (if any) is complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Completes pending saves and releases the manager."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
