@@ -1,0 +1,591 @@
+"""The embedded world: procedurally rendered image–caption pairs in several visual domains.
+
+Every example is a pure function of `(split, domain, index, seed)`: a numpy Generator seeded with
+those numbers draws a scene (shape, colour, size, count, position, background), a caption from a
+small grammar, and the domain's rendering noise. Nothing is downloaded or written to disk.
+
+Shapes are drawn from signed distance fields (SDFs): each shape's exact SDF is tabulated once on a
+fine grid, sampled bilinearly at every pixel, and turned into anti-aliased coverage, outlines or
+glow. The domains keep the shape but change low-level statistics strongly (textures, strokes,
+blur, palette, brightness), so a model fitted on "photo" meets a real distribution shift elsewhere.
+"""
+import dataclasses
+import functools
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+DOMAINS = ("photo", "sketch", "painting", "clipart", "neon")
+CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "diamond", "hexagon",
+           "crescent", "arrow", "ring")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 224
+
+# Caption words for each class: (singular, plural) synonyms; the class name comes first.
+SHAPE_WORDS = {
+    "circle": (("circle", "circles"), ("disc", "discs"), ("round dot", "round dots")),
+    "square": (("square", "squares"), ("box", "boxes")),
+    "triangle": (("triangle", "triangles"),),
+    "star": (("star", "stars"), ("five pointed star", "five pointed stars")),
+    "cross": (("cross", "crosses"), ("plus sign", "plus signs")),
+    "heart": (("heart", "hearts"), ("love heart", "love hearts")),
+    "diamond": (("diamond", "diamonds"), ("rhombus", "rhombuses")),
+    "hexagon": (("hexagon", "hexagons"), ("six sided polygon", "six sided polygons")),
+    "crescent": (("crescent", "crescents"), ("crescent moon", "crescent moons")),
+    "arrow": (("arrow", "arrows"), ("pointer", "pointers")),
+    "ring": (("ring", "rings"), ("donut", "donuts"), ("hoop", "hoops")),
+}
+# Words standing in for the shape when a caption leaves it out (weak supervision is noisy).
+GENERIC_SHAPE_WORDS = (("shape", "shapes"), ("object", "objects"), ("figure", "figures"),
+                       ("symbol", "symbols"))
+SHAPE_OMITTED_PROBABILITY = 0.15
+
+# Object colours: name -> (RGB in [0, 1], caption synonyms with the name first).
+COLOURS = {
+    "red": ((0.86, 0.12, 0.12), ("red", "crimson", "scarlet")),
+    "orange": ((0.96, 0.55, 0.10), ("orange",)),
+    "yellow": ((0.95, 0.85, 0.15), ("yellow", "golden")),
+    "green": ((0.15, 0.66, 0.22), ("green", "emerald")),
+    "blue": ((0.15, 0.32, 0.88), ("blue", "azure")),
+    "purple": ((0.56, 0.20, 0.72), ("purple", "violet")),
+    "pink": ((0.96, 0.46, 0.72), ("pink",)),
+    "brown": ((0.50, 0.30, 0.14), ("brown",)),
+}
+COLOUR_WORDS = {name: words for name, (_, words) in COLOURS.items()}
+
+# Backgrounds each domain may use: name -> RGB. The name can appear in captions.
+BACKGROUNDS = {
+    "photo": {"gray": (0.50, 0.50, 0.50), "beige": (0.84, 0.78, 0.64), "white": (0.90, 0.90, 0.88),
+              "blue": (0.50, 0.68, 0.90), "green": (0.40, 0.58, 0.30), "black": (0.10, 0.10, 0.11)},
+    "sketch": {"white": (0.96, 0.96, 0.94), "cream": (0.96, 0.92, 0.80)},
+    "painting": {"beige": (0.86, 0.76, 0.58), "blue": (0.35, 0.50, 0.80),
+                 "green": (0.45, 0.62, 0.35), "gray": (0.55, 0.55, 0.52)},
+    "clipart": {"white": (1.0, 1.0, 1.0), "yellow": (1.0, 0.95, 0.70), "blue": (0.75, 0.88, 1.0),
+                "pink": (1.0, 0.85, 0.90), "green": (0.80, 0.95, 0.80)},
+    "neon": {"black": (0.02, 0.02, 0.03), "navy": (0.03, 0.04, 0.14)},
+}
+MIN_COLOUR_CONTRAST = 0.35  # Euclidean RGB distance between object and background.
+
+# Count -> probability and caption words ("a" becomes "an" before a vowel).
+COUNT_PROBABILITIES = {1: 0.5, 2: 0.3, 3: 0.2}
+COUNT_WORDS = {1: ("a", "one", "a single"), 2: ("two", "a pair of"), 3: ("three",)}
+
+# Object radius as a fraction of the image side, and caption synonyms.
+SIZES = {
+    "small": ((0.10, 0.13), ("small", "little", "tiny")),
+    "medium": ((0.16, 0.19), ("medium", "medium sized")),
+    "large": ((0.24, 0.30), ("large", "big", "huge")),
+}
+SIZES_FOR_COUNT = {1: ("small", "medium", "large"), 2: ("small", "medium"), 3: ("small",)}
+SIZE_MENTIONED_PROBABILITY = 0.6
+
+# Positions: name -> (x, y) centre in [0, 1] image coordinates (y down), and caption phrases.
+# A group of objects is laid out along a row (top/center/bottom) or a column (left/right).
+POSITIONS = {
+    "center": ((0.5, 0.5), ("in the center", "in the middle")),
+    "top": ((0.5, 0.25), ("at the top", "near the top")),
+    "bottom": ((0.5, 0.75), ("at the bottom", "near the bottom")),
+    "left": ((0.25, 0.5), ("on the left", "on the left side")),
+    "right": ((0.75, 0.5), ("on the right", "on the right side")),
+    "top left": ((0.27, 0.27), ("in the top left corner", "at the top left")),
+    "top right": ((0.73, 0.27), ("in the top right corner", "at the top right")),
+    "bottom left": ((0.27, 0.73), ("in the bottom left corner", "at the bottom left")),
+    "bottom right": ((0.73, 0.73), ("in the bottom right corner", "at the bottom right")),
+}
+GROUP_POSITIONS = ("center", "top", "bottom", "left", "right")
+MAX_ROTATION_DEGREES = 15.0
+
+# How captions name each domain.
+DOMAIN_WORDS = {
+    "photo": ("photo", "photograph", "picture", "snapshot"),
+    "sketch": ("pencil sketch", "sketch", "pencil drawing", "line drawing"),
+    "painting": ("painting", "oil painting", "watercolor"),
+    "clipart": ("clipart", "cartoon", "flat illustration", "icon"),
+    "neon": ("neon sign", "neon light", "glowing sign"),
+}
+# Caption templates. {np}: noun phrase, {pos}: position, {bg}: background, {dom}: domain noun
+# with its article, {dom_noun}: domain noun alone, {be}: "is" or "are".
+CAPTION_TEMPLATES = (
+    "{np} {pos}",
+    "{np} {pos} {bg}",
+    "{np} {bg}",
+    "there {be} {np} {pos}",
+    "{dom} of {np} {pos}",
+    "{dom} showing {np} {bg}",
+    "{dom} with {np} {pos}",
+    "this {dom_noun} shows {np} {pos}",
+)
+BACKGROUND_PHRASES = ("on a {} background", "against a {} background")
+
+
+def _words_of(phrases):
+    return {word for phrase in phrases for word in phrase.replace("{}", "").split()}
+
+
+def _grammar_words():
+    """Every word a caption can contain, read from the tables the grammar draws from."""
+    words = {"an", "is", "are"}
+    words |= _words_of(p for pairs in SHAPE_WORDS.values() for pair in pairs for p in pair)
+    words |= _words_of(p for pair in GENERIC_SHAPE_WORDS for p in pair)
+    words |= _words_of(w for _, synonyms in COLOURS.values() for w in synonyms)
+    words |= _words_of(name for backgrounds in BACKGROUNDS.values() for name in backgrounds)
+    words |= _words_of(w for phrases in COUNT_WORDS.values() for w in phrases)
+    words |= _words_of(w for _, synonyms in SIZES.values() for w in synonyms)
+    words |= _words_of(p for _, phrases in POSITIONS.values() for p in phrases)
+    words |= _words_of(w for nouns in DOMAIN_WORDS.values() for w in nouns)
+    words |= _words_of(BACKGROUND_PHRASES)
+    words |= _words_of(t.format(np="", pos="", bg="", dom="", dom_noun="", be="")
+                       for t in CAPTION_TEMPLATES)
+    return tuple(sorted(words))
+
+
+VOCABULARY = _grammar_words()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What one example shows: the attributes a caption describes, plus the exact layout."""
+    domain: str
+    label: int
+    colour: str
+    size: str
+    count: int
+    position: str
+    background: str
+    centres: tuple  # (x, y) per object, in [0, 1] image coordinates.
+    radius: float  # Object radius as a fraction of the image side.
+    angles: tuple  # Rotation per object, radians.
+
+    @property
+    def shape(self) -> str:
+        return CLASSES[self.label]
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and seeding.
+
+
+def _check_choice(value, choices, what):
+    if value not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; valid choices: {', '.join(choices)}.")
+
+
+def _check_index(index, what="index"):
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {index!r}.")
+
+
+def _check_image_size(image_size):
+    if (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+        or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE):
+        raise ValueError(f"image_size must be an integer from {MIN_IMAGE_SIZE} to "
+                         f"{MAX_IMAGE_SIZE}, got {image_size!r}.")
+
+
+def _example_rng(index, domain, split, seed):
+    """The one Generator an example draws everything from, after checking its arguments."""
+    _check_choice(domain, DOMAINS, "domain")
+    _check_choice(split, SPLITS, "split")
+    _check_index(index)
+    _check_index(seed, "seed")
+    key = [int(seed), SPLITS.index(split), DOMAINS.index(domain), int(index)]
+    return np.random.default_rng(key)
+
+
+def _pick(rng, choices):
+    return choices[int(rng.random() * len(choices))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenes and captions.
+
+
+@functools.cache
+def _colours_visible_on(domain, background):
+    background_rgb = np.array(BACKGROUNDS[domain][background])
+    return tuple(name for name, (rgb, _) in COLOURS.items()
+                 if name != background
+                 and np.linalg.norm(np.array(rgb) - background_rgb) > MIN_COLOUR_CONTRAST)
+
+
+def _pick_count(rng):
+    """A number of objects, drawn with COUNT_PROBABILITIES."""
+    draw = rng.random()
+    for count, probability in COUNT_PROBABILITIES.items():
+        if draw < probability:
+            return count
+        draw -= probability
+    return max(COUNT_PROBABILITIES)  # Only reached if the probabilities sum to a hair under 1.
+
+
+def _draw_scene(rng, domain):
+    label = int(rng.random() * len(CLASSES))
+    background = _pick(rng, tuple(BACKGROUNDS[domain]))
+    colour = _pick(rng, _colours_visible_on(domain, background))
+    count = _pick_count(rng)
+    size = _pick(rng, SIZES_FOR_COUNT[count])
+    low, high = SIZES[size][0]
+    radius = low + (high - low) * rng.random()
+    position = _pick(rng, tuple(POSITIONS) if count == 1 else GROUP_POSITIONS)
+    anchor_x, anchor_y = POSITIONS[position][0]
+    jitter = 0.08 * (rng.random((count, 2)) - 0.5)
+    if count == 1:
+        centres = [(anchor_x, anchor_y)]
+    else:
+        spread = [0.08 + 0.84 * (i + 0.5) / count for i in range(count)]  # Evenly, edge to edge.
+        along_row = position in ("center", "top", "bottom")
+        centres = [(s, anchor_y) if along_row else (anchor_x, s) for s in spread]
+        jitter[:, 0 if along_row else 1] *= 0.25  # Neighbours at most touch.
+    centres = tuple((min(max(x + float(dx), radius), 1 - radius),
+                     min(max(y + float(dy), radius), 1 - radius))
+                    for (x, y), (dx, dy) in zip(centres, jitter))
+    angles = np.deg2rad(MAX_ROTATION_DEGREES) * (2 * rng.random(count) - 1)
+    return Scene(domain=domain, label=label, colour=colour, size=size, count=count,
+                 position=position, background=background, centres=centres, radius=radius,
+                 angles=tuple(angles.tolist()))
+
+
+def _with_article(phrase):
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _caption(scene, rng):
+    """A sentence from the grammar. It always gives the count and colour, the position or the
+    background (or both), and the shape unless SHAPE_OMITTED_PROBABILITY strikes."""
+    shape_words = (GENERIC_SHAPE_WORDS if rng.random() < SHAPE_OMITTED_PROBABILITY
+                   else SHAPE_WORDS[scene.shape])
+    singular, plural = _pick(rng, shape_words)
+    noun = singular if scene.count == 1 else plural
+    adjectives = [_pick(rng, COLOUR_WORDS[scene.colour])]
+    if rng.random() < SIZE_MENTIONED_PROBABILITY:
+        adjectives.insert(0, _pick(rng, SIZES[scene.size][1]))
+    noun_phrase = " ".join(adjectives + [noun])
+    count_word = _pick(rng, COUNT_WORDS[scene.count])
+    if count_word == "a":
+        noun_phrase = _with_article(noun_phrase)
+    else:
+        noun_phrase = f"{count_word} {noun_phrase}"
+    domain_noun = _pick(rng, DOMAIN_WORDS[scene.domain])
+    return _pick(rng, CAPTION_TEMPLATES).format(
+        np=noun_phrase,
+        pos=_pick(rng, POSITIONS[scene.position][1]),
+        bg=_pick(rng, BACKGROUND_PHRASES).format(scene.background),
+        dom=_with_article(domain_noun),
+        dom_noun=domain_noun,
+        be="is" if scene.count == 1 else "are")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes as signed distance fields (negative inside), in units where the shape spans about [-1, 1].
+
+
+def _polygon_sdf(points, vertices):
+    """Exact signed distance from points [N, 2] to a closed polygon [V, 2] (even-odd inside)."""
+    starts, ends = vertices, np.roll(vertices, -1, axis=0)
+    edges = ends - starts
+    to_point = points[:, None, :] - starts[None]
+    along = np.clip((to_point * edges).sum(-1) / (edges * edges).sum(-1), 0.0, 1.0)
+    distance = np.linalg.norm(to_point - along[..., None] * edges, axis=-1).min(axis=1)
+    x, y = points[:, :1], points[:, 1:]
+    straddles = (starts[:, 1] > y) != (ends[:, 1] > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        crossing_x = starts[:, 0] + (y - starts[:, 1]) * edges[:, 0] / edges[:, 1]
+    inside = (straddles & (x < crossing_x)).sum(axis=1) % 2 == 1
+    return np.where(inside, -distance, distance)
+
+
+def _circle_sdf(points, centre, radius):
+    return np.linalg.norm(points - np.asarray(centre), axis=-1) - radius
+
+
+def _regular_polygon(corners, radius, first_angle_degrees, inner_radius=None):
+    """Vertices of a regular polygon, or of a star when `inner_radius` alternates with `radius`."""
+    steps = corners if inner_radius is None else 2 * corners
+    angles = np.deg2rad(first_angle_degrees) + 2 * np.pi * np.arange(steps) / steps
+    if inner_radius is None:
+        radii = np.full(steps, radius)
+    else:
+        radii = np.tile([radius, inner_radius], corners)
+    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=-1)
+
+
+def _shape_sdf(shape, p):
+    """Exact SDF of one class at points p [N, 2] (x right, y down)."""
+    if shape == "circle":
+        return _circle_sdf(p, (0, 0), 0.9)
+    if shape == "square":
+        return _polygon_sdf(p, np.array([(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]))
+    if shape == "triangle":
+        return _polygon_sdf(p, _regular_polygon(3, 1.05, -90) + (0, 0.2))
+    if shape == "star":
+        return _polygon_sdf(p, _regular_polygon(5, 1.0, -90, inner_radius=0.45))
+    if shape == "cross":
+        arm, reach = 0.3, 0.9
+        return np.minimum(_polygon_sdf(p, np.array([(-reach, -arm), (reach, -arm), (reach, arm),
+                                                    (-reach, arm)])),
+                          _polygon_sdf(p, np.array([(-arm, -reach), (arm, -reach), (arm, reach),
+                                                    (-arm, reach)])))
+    if shape == "heart":
+        lobes = np.minimum(_circle_sdf(p, (-0.42, -0.32), 0.5), _circle_sdf(p, (0.42, -0.32), 0.5))
+        point = _polygon_sdf(p, np.array([(-0.9, -0.18), (0.9, -0.18), (0, 0.9)]))
+        return np.minimum(lobes, point)
+    if shape == "diamond":
+        return _polygon_sdf(p, np.array([(0, -1.0), (0.68, 0), (0, 1.0), (-0.68, 0)]))
+    if shape == "hexagon":
+        return _polygon_sdf(p, _regular_polygon(6, 0.95, 0))
+    if shape == "crescent":
+        return np.maximum(_circle_sdf(p, (0, 0), 0.9), -_circle_sdf(p, (0.5, -0.3), 0.75))
+    if shape == "arrow":
+        return _polygon_sdf(p, np.array([(-0.9, -0.2), (0.1, -0.2), (0.1, -0.62), (0.95, 0),
+                                         (0.1, 0.62), (0.1, 0.2), (-0.9, 0.2)]))
+    if shape == "ring":
+        return np.abs(_circle_sdf(p, (0, 0), 0.68)) - 0.24
+    raise ValueError(f"Unknown shape {shape!r}; valid choices: {', '.join(CLASSES)}.")
+
+
+SDF_TABLE_SIZE = 128  # Texels per side of each tabulated SDF.
+SDF_TABLE_EXTENT = 1.6  # The table covers [-extent, extent]^2 in shape units.
+
+
+@functools.cache
+def _sdf_table(label):
+    """The class's SDF tabulated on a grid, as bilinear coefficients per cell: [4, cells].
+
+    A cell with corner values v00, v01 (right), v10 (below), v11 interpolates as
+    a + b * fx + fy * (c + d * fx); storing (a, b, c, d) makes rendering one gather per pixel,
+    and costs the same for every shape.
+    """
+    axis = np.linspace(-SDF_TABLE_EXTENT, SDF_TABLE_EXTENT, SDF_TABLE_SIZE)
+    x, y = np.meshgrid(axis, axis)
+    points = np.stack([x.ravel(), y.ravel()], axis=-1)
+    values = _shape_sdf(CLASSES[label], points).reshape(SDF_TABLE_SIZE, SDF_TABLE_SIZE)
+    v00, v01, v10, v11 = values[:-1, :-1], values[:-1, 1:], values[1:, :-1], values[1:, 1:]
+    coefficients = np.stack([v00, v01 - v00, v10 - v00, v11 - v10 - v01 + v00])
+    return coefficients.reshape(4, -1).astype(np.float32)
+
+
+@functools.cache
+def _pixel_centres(image_size):
+    centres = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+    return centres[None, None, :], centres[None, :, None]  # x varies along width, y along height.
+
+
+def _scene_sdf(scene, image_size):
+    """Signed distance in pixels from every pixel to the nearest object: float32 [H, W]."""
+    cells_per_side = SDF_TABLE_SIZE - 1
+    texels_per_unit = cells_per_side / (2 * SDF_TABLE_EXTENT)
+    x, y = _pixel_centres(image_size)
+    centres = np.array(scene.centres, dtype=np.float32)[:, :, None, None]
+    # Rotate each pixel into its object's frame, in texels (per object: [count, H, W]).
+    to_texels = texels_per_unit / scene.radius
+    cos = (np.cos(scene.angles) * to_texels).astype(np.float32)[:, None, None]
+    sin = (np.sin(scene.angles) * to_texels).astype(np.float32)[:, None, None]
+    dx, dy = x - centres[:, 0], y - centres[:, 1]
+    table_centre = np.float32(SDF_TABLE_EXTENT * texels_per_unit)
+    u = (dx * cos + table_centre) + dy * sin
+    v = (dy * cos + table_centre) - dx * sin
+    last = np.float32(cells_per_side - 1e-3)
+    u_in, v_in = np.clip(u, 0, last), np.clip(v, 0, last)
+    u_cell, v_cell = np.floor(u_in), np.floor(v_in)
+    fu, fv = u_in - u_cell, v_in - v_cell
+    cell = (v_cell * cells_per_side + u_cell).astype(np.int32)
+    a, b, c, d = np.take(_sdf_table(scene.label), cell, axis=1)
+    inside_table = a + b * fu + fv * (c + d * fu)
+    # Beyond the table, add the distance to its border (an upper bound, exact enough far away).
+    beyond_table = np.hypot(u - u_in, v - v_in) / np.float32(texels_per_unit)
+    shape_units = (inside_table + beyond_table).min(axis=0)
+    return shape_units * np.float32(scene.radius * image_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Domain renderers: (scene, sdf in pixels, rng) -> float32 RGB image [H, W, 3] in about [0, 1].
+# Widths are given at 32 px and scale with the image.
+
+
+@functools.cache
+def _upsampling_matrix(output_size, input_size):
+    """Linear interpolation from input_size samples to output_size pixels, as a matrix."""
+    position = (np.arange(output_size) + 0.5) / output_size * (input_size - 1)
+    lower = np.minimum(position.astype(int), input_size - 2)
+    weight = position - lower
+    matrix = np.zeros((output_size, input_size), np.float32)
+    matrix[np.arange(output_size), lower] = 1 - weight
+    matrix[np.arange(output_size), lower + 1] = weight
+    return matrix
+
+
+def _smooth_noise(rng, image_size, rows, cols):
+    """Noise in [0, 1] with `rows` x `cols` degrees of freedom, smoothly upsampled: [H, W].
+
+    Keep rows and cols small (about 10 at most): larger products start BLAS threads, which
+    stall when processes fight for cores.
+    """
+    grid = rng.random((rows, cols), dtype=np.float32)
+    return _upsampling_matrix(image_size, rows) @ grid @ _upsampling_matrix(image_size, cols).T
+
+
+def _pixel_noise(rng, image_size, channels):
+    return rng.random((image_size, image_size, channels), dtype=np.float32) - 0.5
+
+
+def _rgb(values):
+    return np.asarray(values, np.float32)
+
+
+def _fill(sdf, softness=1.0):
+    """Anti-aliased coverage of the shapes' insides: [H, W, 1]."""
+    return np.clip(0.5 - sdf / softness, 0.0, 1.0)[..., None]
+
+
+def _stroke(sdf, width):
+    """Anti-aliased coverage of a line of `width` pixels along the shapes' edges: [H, W, 1]."""
+    return np.clip(0.5 * width + 0.5 - np.abs(sdf), 0.0, 1.0)[..., None]
+
+
+def _shifted(image, offset):
+    """`image` moved down and right by `offset` pixels, zero-filled."""
+    moved = np.zeros_like(image)
+    moved[offset:, offset:] = image[:image.shape[0] - offset, :image.shape[1] - offset]
+    return moved
+
+
+def _render_photo(scene, sdf, rng):
+    """Filled, lit objects casting a shadow on a mottled background, with sensor noise."""
+    size = sdf.shape[0]
+    x, y = _pixel_centres(size)
+    light_angle = rng.uniform(0, 2 * np.pi)
+    lighting = (1.0 + 0.35 * ((x - 0.5) * np.cos(light_angle) + (y - 0.5) * np.sin(light_angle)))[0]
+    texture = 0.75 + 0.5 * _smooth_noise(rng, size, 5, 5)
+    background = _rgb(BACKGROUNDS["photo"][scene.background]) * (texture * lighting)[..., None]
+    coverage = _fill(sdf)
+    shadow = _shifted(coverage, max(1, round(size / 24)))
+    background = background * (1 - 0.45 * shadow)
+    shading = (lighting * (0.9 + 0.2 * _smooth_noise(rng, size, 3, 3)))[..., None]
+    objects = _rgb(COLOURS[scene.colour][0]) * shading
+    image = background * (1 - coverage) + objects * coverage
+    return image + rng.uniform(0.03, 0.08) * _pixel_noise(rng, size, 3)
+
+
+def _render_sketch(scene, sdf, rng):
+    """Coloured-pencil outlines and diagonal hatching on grainy paper."""
+    size = sdf.shape[0]
+    scale = size / 32
+    paper = _rgb(BACKGROUNDS["sketch"][scene.background]) * (
+        0.97 + 0.06 * _pixel_noise(rng, size, 1))
+    pressure = 0.6 + 0.4 * _smooth_noise(rng, size, 6, 6)[..., None]
+    outline = _stroke(sdf, rng.uniform(0.8, 1.3) * scale) * pressure
+    x, y = _pixel_centres(size)
+    period = rng.uniform(3.0, 4.5) * scale / size
+    stripes = np.clip(2.0 * np.sin(2 * np.pi * (x + y)[0] / period) - 0.6, 0.0, 1.0)[..., None]
+    ink = 0.8 * _rgb(COLOURS[scene.colour][0])
+    alpha = np.maximum(outline, 0.45 * stripes * _fill(sdf))
+    return paper * (1 - alpha) + ink * alpha
+
+
+def _render_painting(scene, sdf, rng):
+    """Soft-edged, warm, saturated colours with streaky brush texture."""
+    size = sdf.shape[0]
+    coverage = _fill(sdf, softness=rng.uniform(1.6, 2.6) * size / 32)
+    image = (_rgb(BACKGROUNDS["painting"][scene.background]) * (1 - coverage)
+             + _rgb(COLOURS[scene.colour][0]) * coverage)
+    grey = image.mean(axis=-1, keepdims=True)
+    image = (grey + 1.5 * (image - grey)) * _rgb((1.12, 1.0, 0.75))  # Saturated, warm palette.
+    streaks = _smooth_noise(rng, size, 3, 10)
+    if rng.random() < 0.5:
+        streaks = streaks.T
+    return image * (0.65 + 0.7 * streaks)[..., None]
+
+
+def _render_clipart(scene, sdf, rng):
+    """Flat saturated fills with thick dark outlines on a flat pastel background."""
+    size = sdf.shape[0]
+    coverage = _fill(sdf)
+    image = (_rgb(BACKGROUNDS["clipart"][scene.background]) * (1 - coverage)
+             + _rgb(COLOURS[scene.colour][0]) * coverage)
+    width = rng.uniform(1.0, 1.4) * size / 32 + 0.08 * scene.radius * size
+    outline = _stroke(sdf - width / 2, width)  # Outside the fill, so small shapes keep it.
+    return image * (1 - outline) + 0.08 * outline
+
+
+def _render_neon(scene, sdf, rng):
+    """Glowing tubes along the outlines on a dark background."""
+    size = sdf.shape[0]
+    scale = size / 32
+    colour = _rgb(COLOURS[scene.colour][0])
+    glow = np.exp(-np.abs(sdf) / (rng.uniform(1.2, 2.2) * scale))[..., None]
+    tube = _stroke(sdf, rng.uniform(0.8, 1.2) * scale)
+    background = _rgb(BACKGROUNDS["neon"][scene.background]) + 0.02 * _pixel_noise(rng, size, 1)
+    return background + 0.9 * glow * colour + 0.8 * tube * (0.4 + 0.6 * colour)
+
+
+_RENDERERS = {"photo": _render_photo, "sketch": _render_sketch, "painting": _render_painting,
+              "clipart": _render_clipart, "neon": _render_neon}
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def scene(index, *, domain, split="train", seed=0) -> Scene:
+    """The attributes and layout of example `index` (what `example` renders and describes)."""
+    return _draw_scene(_example_rng(index, domain, split, seed), domain)
+
+
+def example(index, *, domain, split="train", image_size=32, seed=0) -> dict:
+    """Example `index` of `domain` in `split`: dict(image=uint8[H, W, 3], label, caption, domain).
+
+    The same arguments always give the same pixels and caption; splits never share a seed stream.
+    """
+    _check_image_size(image_size)
+    rng = _example_rng(index, domain, split, seed)
+    drawn = _draw_scene(rng, domain)
+    caption = _caption(drawn, rng)
+    image = _RENDERERS[domain](drawn, _scene_sdf(drawn, image_size), rng)
+    pixels = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return dict(image=pixels, label=drawn.label, caption=caption, domain=domain)
+
+
+class WorldSource:
+    """A grain RandomAccessDataSource over `examples_per_domain` examples of each domain of a split.
+
+    Record i comes from domain `domains[i % len(domains)]`, example `i // len(domains)`, so any
+    contiguous stretch mixes the domains evenly. `domain` in a record indexes `DOMAINS`. A single
+    domain may be passed as a plain string.
+    """
+
+    def __init__(self, *, split, domains, examples_per_domain, image_size=32, seed=0):
+        domains = (domains,) if isinstance(domains, str) else tuple(domains)
+        if not domains:
+            raise ValueError(f"domains must name at least one of: {', '.join(DOMAINS)}.")
+        for domain in domains:
+            _check_choice(domain, DOMAINS, "domain")
+        _check_choice(split, SPLITS, "split")
+        _check_image_size(image_size)
+        _check_index(seed, "seed")
+        if isinstance(examples_per_domain, bool) or not isinstance(
+            examples_per_domain, (int, np.integer)) or examples_per_domain < 1:
+            raise ValueError(f"examples_per_domain must be a positive integer, got "
+                             f"{examples_per_domain!r}.")
+        self.split = split
+        self.domains = domains
+        self.examples_per_domain = int(examples_per_domain)
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.domains) * self.examples_per_domain
+
+    def __getitem__(self, record_key):
+        _check_index(record_key, "record key")
+        if record_key >= len(self):
+            raise ValueError(f"record key {record_key} is out of range; valid keys: 0 to "
+                             f"{len(self) - 1}.")
+        domain = self.domains[record_key % len(self.domains)]
+        record = example(int(record_key) // len(self.domains), domain=domain, split=self.split,
+                         image_size=self.image_size, seed=self.seed)
+        return dict(image=record["image"], label=np.int32(record["label"]),
+                    caption=record["caption"], domain=np.int32(DOMAINS.index(domain)))
+
+    def __repr__(self) -> str:
+        return (f"WorldSource(split={self.split!r}, domains={self.domains!r}, "
+                f"examples_per_domain={self.examples_per_domain}, image_size={self.image_size}, "
+                f"seed={self.seed})")
