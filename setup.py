@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
     "tokenizers==0.23.3",
+    "safetensors",  # Reads Hugging Face checkpoints with its numpy reader (no torch).
     "matplotlib",
     "etils[epath]",
     "chex",
@@ -31,7 +32,7 @@ EXTRAS_REQUIRE = {
     "test": ["pytest", "pytest-xdist", "scikit-learn"],
     # Only for the tests that compare against PyTorch models; they skip when these are absent.
     # torch==2.13.0 is the CPU build on this project's machines (a plain `torch` pulls CUDA).
-    "parity": ["torch==2.13.0", "transformers", "safetensors"],
+    "parity": ["torch==2.13.0", "transformers"],
 }
 
 setuptools.setup(
