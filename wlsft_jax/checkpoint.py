@@ -130,6 +130,19 @@ class Checkpointer:
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the params saved at `step` (no optimizer state), laid out as `abstract_params`.
+
+        For starting a new run from a finished one (`init.format="orbax"`) and for sweeps.
+        """
+        self._check_step(step)
+        item = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)
+        return self._manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE][
+            "params"]
+
     def metadata(self, step: int) -> dict[str, Any]:
         """The metadata dict saved at `step`."""
         self._check_step(step)

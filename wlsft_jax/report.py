@@ -25,11 +25,11 @@ import csv
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, PercentFormatter
@@ -94,7 +94,7 @@ def merge_records(
 
 def load_records(path: str) -> list[dict]:
     """Reads a results.json written by `write_report`: validated records sorted by key."""
-    with open(path) as f:
+    with epath.Path(path).open() as f:
         records = json.load(f)
     if not isinstance(records, list):
         raise ValueError(
@@ -257,7 +257,7 @@ def markdown_table(rows: Sequence[Row], *, id_dataset: str, ood_datasets: Sequen
 
 
 def plot_id_vs_ood(
-    rows: Sequence[Row], line: BaselineLine | None, path: str, *, id_dataset: str, metric: str
+    rows: Sequence[Row], line: BaselineLine | None, path, *, id_dataset: str, metric: str
 ) -> None:
     """WiSE-FT-style figure: an alpha-curve per method on logit axes, baseline fit, y = x."""
     figure = Figure(figsize=(6.5, 5.5))
@@ -300,7 +300,8 @@ def plot_id_vs_ood(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with epath.Path(path).open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)
 
 
 def write_scalars(writer, rows: Sequence[Row], *, metric: str) -> None:
@@ -362,10 +363,11 @@ def write_report(
     if writer is not None:  # first: a step clash is an error before any file is written
         write_scalars(writer, rows, metric=metric)
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "results.json").open("w") as f:
         json.dump(records, f, indent=1)
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+    with (out_dir / "results.csv").open("w") as f:
         csv_writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
         csv_writer.writeheader()
         csv_writer.writerows(records)
@@ -374,7 +376,7 @@ def write_report(
         {r["dataset"] for r in records if r["metric"] == metric and r["kind"] == "ood"}
         - set(ood_datasets)
     )
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
+    with (out_dir / "report.md").open("w") as f:
         f.write(
             _report_markdown(
                 table, rows, line, baselines, excluded, id_dataset=id_dataset,
@@ -382,7 +384,7 @@ def write_report(
             )
         )
     plot_id_vs_ood(
-        rows, line, os.path.join(out_dir, "id_vs_ood.png"), id_dataset=id_dataset, metric=metric
+        rows, line, out_dir / "id_vs_ood.png", id_dataset=id_dataset, metric=metric
     )
     return table
 

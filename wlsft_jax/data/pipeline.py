@@ -39,8 +39,11 @@ def train_loader(source: grain.RandomAccessDataSource, *, global_batch_size: int
                  shard_count: int | None = None) -> grain.DataLoader:
     """Shuffled, endlessly repeated batches of `source` after `operations`.
 
-    Each process reads its own 1/shard_count of the records (the remainder is dropped so all
-    shards are equal) and yields batches of global_batch_size // shard_count. Iterate with
+    All processes walk one global shuffled stream: process i reads stream positions i, i + n,
+    i + 2n, ... (n = shard_count) and yields batches of global_batch_size // n, so each record
+    is read by one process only. With worker_count=0 the global batches hold the same records,
+    with the same random augmentations, on any number of processes (only the row order within
+    a batch differs), so results do not depend on the topology. Iterate with
     `it = iter(loader)`; `it.get_state()` / `it.set_state(state)` save and resume the stream.
     Random operations draw from per-record generators seeded by `seed` and the record's
     position in the stream, so a given (seed, worker_count) always yields the same batches
@@ -51,9 +54,10 @@ def train_loader(source: grain.RandomAccessDataSource, *, global_batch_size: int
     if len(source) < shard_count:
         raise ValueError(f"The source has {len(source)} records, fewer than the {shard_count} "
                          f"processes that share it; each process needs at least one record.")
-    shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                       drop_remainder=True)
-    sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options,
+    shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count)
+    # The sampler shuffles all records (and seeds each position's rng); the loader's
+    # shard_options pick this process's positions of that stream.
+    sampler = grain.IndexSampler(num_records=len(source), shard_options=grain.NoSharding(),
                                  shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=source, sampler=sampler, shard_options=shard_options,

@@ -1,0 +1,216 @@
+"""One experiment: tokenizer, models, starting weights, the stages in order, then ID/OOD accuracy.
+
+Stages chain in one workdir: each stage's input is the previous stage's output (or the weights
+named by `config.init`). A CLIP entering a classifier stage (ft / lp) becomes
+`{"img": its image tower, "head": its zero-shot head}`, as in WiSE-FT; the CLIP that enters the
+first fine-tuning stage is the "pretrained" model the results are compared with.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from wlsft_jax import checkpoint, convert, interpolate, methods, sharding, train
+from wlsft_jax.data import pipeline, templates as templates_lib, tokenizer as tokenizer_lib
+from wlsft_jax.data import transforms, world
+from wlsft_jax.evals import zero_shot
+from wlsft_jax.models import classifier, two_towers
+
+ZERO_SHOT = "zeroshot"
+
+
+def check_names(config) -> None:
+    """Unknown domains are errors that list the valid ones (before anything is compiled)."""
+    data = config.data
+    named = {"data.id_domain": (data.id_domain,), "data.ood_domains": tuple(data.ood_domains),
+             "data.pretrain_domains": tuple(data.pretrain_domains)}
+    for key, domains in named.items():
+        unknown = [d for d in domains if d not in world.DOMAINS]
+        if unknown:
+            raise ValueError(f"Unknown domain(s) {unknown} in {key}; valid domains of the "
+                             f"embedded world: {list(world.DOMAINS)}.")
+    if data.id_domain in data.ood_domains:
+        raise ValueError(f"data.id_domain {data.id_domain!r} is also listed in data.ood_domains; "
+                         "an OOD set must differ from the ID set.")
+
+
+def build_tokenizer(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
+    """CLIP's BPE from the user's files, or the world's word-level tokenizer (kept in workdir)."""
+    settings = config.tokenizer
+    if settings.kind == "clip_bpe":  # Default: the files beside a Hugging Face CLIP checkpoint.
+        folder = epath.Path(config.init.path or ".")
+        return tokenizer_lib.clip_bpe(settings.vocab_path or folder / "vocab.json",
+                                      settings.merges_path or folder / "merges.txt",
+                                      context_length=settings.context_length)
+    directory = workdir / "tokenizer"
+    # Process 0 writes it once; the others wait at the barrier, so none reads a half-written one.
+    if jax.process_index() == 0 and not directory.exists():
+        tokenizer_lib.world_tokenizer(world.VOCABULARY,
+                                      context_length=settings.context_length).save(directory)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("wlsft_jax: tokenizer saved")
+    return tokenizer_lib.Tokenizer.load(directory)
+
+
+def build_models(config, tokenizer) -> dict:
+    """The two-tower CLIP and the image classifier sharing its image tower's layout."""
+    model = config.model
+    image = dict(model.img, image_size=config.data.image_size, dtype_mm=model.dtype)
+    text = dict(model.txt, vocab_size=tokenizer.vocab_size,
+                context_length=tokenizer.context_length, eot_id=tokenizer.eot_id,
+                dtype_mm=model.dtype)
+    return {
+        "clip": two_towers.Model(image=image, text=text, out_dim=model.embed_dim),
+        "classifier": classifier.Model(img=dict(image, proj_dim=model.embed_dim),
+                                       num_classes=len(world.CLASSES)),
+    }
+
+
+def initial_clip(config, models):
+    """(models, params) of the CLIP `config.init` names; params None for "scratch".
+
+    "hf_clip" replaces the models by the checkpoint's architecture; "orbax" reads the params of
+    a stage directory of an earlier run (its latest checkpoint) into `config.model`'s layout.
+    """
+    init = config.init
+    if init.format == "scratch":
+        return models, None
+    if init.format == "hf_clip":
+        clip_model, params = convert.from_hf_clip(init.path, image_size=config.data.image_size,
+                                                  dtype_mm=config.model.dtype)
+        image = dict(clip_model.image, proj_dim=clip_model.out_dim)
+        return {"clip": clip_model,
+                "classifier": models["classifier"].clone(img=image)}, params
+    if init.format == "orbax":
+        manager = checkpoint.Checkpointer(init.path)
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(f"init.path={init.path!r} holds no complete orbax checkpoint; give "
+                             "a stage directory of an earlier run, e.g. workdir/pretrain.")
+        data = config.data
+        images = jnp.zeros((1, data.image_size, data.image_size, 3), jnp.float32)
+        tokens = jnp.zeros((1, config.tokenizer.context_length), jnp.int32)
+        shapes = nn.unbox(jax.eval_shape(models["clip"].init, jax.random.key(0), images,
+                                         tokens)["params"])
+        replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        params = manager.restore_params(step, checkpoint.restore_target(
+            shapes, jax.tree.map(lambda _: replicated, shapes)))
+        manager.close()
+        return models, params
+    raise ValueError(f"init.format={init.format!r} gives an image tower only (it serves method "
+                     "'wls'); CLIP stages start from 'scratch', 'hf_clip' or 'orbax'.")
+
+
+def _eval_batches(config, domain, mesh):
+    data = config.data
+    source = world.WorldSource(split="test", domains=(domain,),
+                               examples_per_domain=data.eval_examples_per_domain,
+                               image_size=data.image_size, seed=config.seed)
+    operations = [*methods.image_operations(data, train=False),
+                  transforms.SelectKeys(("image", "label", pipeline.MASK_KEY))]
+    for batch in pipeline.eval_batches(source, batch_size=config.eval.batch_size,
+                                       operations=operations):
+        yield sharding.put_batch(mesh, batch)
+
+
+def _accuracy_records(config, mesh, counts_fn, classifier_params, *, method, alpha, seed):
+    """Report records: top-1/top-5 of a classifier on the ID and every OOD domain."""
+    records = []
+    domains = [(config.data.id_domain, "id")] + [(d, "ood") for d in config.data.ood_domains]
+    for domain, kind in domains:
+        accuracy = zero_shot.accuracy(counts_fn, classifier_params,
+                                      _eval_batches(config, domain, mesh))
+        records += [dict(method=method, alpha=float(alpha), dataset=domain, metric=metric,
+                         seed=seed, value=value, kind=kind) for metric, value in accuracy.items()]
+    return records
+
+
+def wise_ft_sweep(config, mesh, models, head_fn, pretrained, fine_tuned, *, method, seed):
+    """Records of `interpolate(theta0, theta1, alpha)` for every alpha in `config.eval.alphas`.
+
+    theta0 is the pretrained CLIP's image tower with its zero-shot head. A fine-tuned classifier
+    (FT, LP, LP-FT) is theta1 as it is; a fine-tuned CLIP (FLYP) is interpolated whole, both
+    towers and the temperature, and the head is rebuilt from the interpolated text tower. alpha
+    is traced: the interpolation and the evaluation each compile once for the whole sweep.
+    """
+    counts_fn = zero_shot.jit_counts(models["classifier"])
+    if "txt" in fine_tuned:
+        mix = jax.jit(lambda alpha: _as_classifier(
+            interpolate.interpolate(pretrained, fine_tuned, alpha), head_fn))
+    else:
+        theta0 = _as_classifier(pretrained, head_fn)
+        mix = jax.jit(lambda alpha: interpolate.interpolate(theta0, fine_tuned, alpha))
+    records = []
+    for alpha in config.eval.alphas:
+        records += _accuracy_records(config, mesh, counts_fn, mix(alpha), method=method,
+                                     alpha=alpha, seed=seed)
+    return records
+
+
+def _as_classifier(clip_params, head_fn):
+    return {"img": clip_params["img"], "head": head_fn(clip_params)}
+
+
+def _stage_workdir(workdir, name, seed, config):
+    return workdir / name if config.num_seeds == 1 else workdir / name / f"seed{seed}"
+
+
+def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
+    """Trains every stage of `config` in `workdir`, then evaluates; returns report records.
+
+    Pretraining stages run once (seed `config.seed`); fine-tuning stages run for each of
+    `config.num_seeds` seeds. Each stage starts from the output of `input` (default: the stage
+    before it); every fine-tuning stage is then swept over WiSE-FT's alphas against the CLIP
+    that pretraining produced, and reported under its stage name.
+    """
+    tokenizer = build_tokenizer(config, workdir)
+    models, pretrained = initial_clip(config, build_models(config, tokenizer))
+    class_tokens = jnp.asarray(zero_shot.class_prompt_tokens(
+        tokenizer, world.CLASSES, templates_lib.get_templates(config.eval.templates)))
+    head_fn = jax.jit(lambda clip_params: zero_shot.zero_shot_head(models["clip"], clip_params,
+                                                                   class_tokens))
+    counts_fn = zero_shot.jit_counts(models["classifier"])
+    records = []
+    for seed in range(config.seed, config.seed + config.num_seeds):
+        outputs = {}
+        for index, name in enumerate(config.stages):
+            stage_config = config[name]
+            method_name = stage_config.method
+            source = stage_config.get("input") or (config.stages[index - 1] if index else None)
+            params = outputs[source] if source else pretrained
+            if method_name == "pretrain" and seed != config.seed:
+                outputs[name] = pretrained
+                continue
+            if method_name in methods.CLASSIFIER_METHODS and "txt" in params:
+                params = _as_classifier(params, head_fn)
+            elif method_name in methods.CONTRASTIVE_METHODS and params and "txt" not in params:
+                raise ValueError(f"Stage {name!r} ({method_name}) trains a CLIP, but its input "
+                                 "is an image classifier; give it a CLIP stage as input.")
+            templates = templates_lib.get_templates(stage_config.get("templates", "simple"))
+            method = methods.build(method_name, stage_config=stage_config, config=config,
+                                   tokenizer=tokenizer, models=models,
+                                   class_names=world.CLASSES, templates=templates)
+            if params is None:
+                params = method.init_params(mesh, seed)
+            stage_seed = config.seed if method_name == "pretrain" else seed
+            logging.info("Stage %s (seed %d): %s for %d steps.", name, stage_seed, method_name,
+                         stage_config.steps)
+            outputs[name] = train.run(
+                name=name, stage_config=stage_config, method=method, init_params=params,
+                mesh=mesh, workdir=_stage_workdir(workdir, name, stage_seed, config),
+                seed=stage_seed, writer=writer)
+            if method_name == "pretrain":
+                pretrained = outputs[name]
+            else:
+                records += wise_ft_sweep(config, mesh, models, head_fn, pretrained,
+                                         outputs[name], method=name, seed=seed)
+        if seed == config.seed:
+            records += _accuracy_records(config, mesh, counts_fn,
+                                         _as_classifier(pretrained, head_fn), method=ZERO_SHOT,
+                                         alpha=0.0, seed=seed)
+    return records

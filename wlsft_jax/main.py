@@ -1,0 +1,89 @@
+r"""Runs one experiment: stages of training, then ID / OOD evaluation.
+
+  python -m wlsft_jax.main --config=configs/flyp_clip.py [--workdir=./workdir/flyp_clip]
+  python -m wlsft_jax.main --config=configs/ft_clip.py --config.ft.optim.lr=3e-5
+
+The config names the stages (e.g. pretrain -> flyp); each stage trains through `train.run` in
+`<workdir>/<stage>/` and resumes there after an interruption: rerun the same command.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config, e.g. configs/flyp_clip.py[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, TensorBoard logs and the report go (local or gs://). "
+    "Default: ./workdir/<config name>[_<arg>].")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_flag_value: str) -> str:
+    """./workdir/flyp_clip for configs/flyp_clip.py, ./workdir/flyp_clip_imagenet for :imagenet."""
+    path, _, arg = config_flag_value.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("workdir", f"{name}_{arg}" if arg else name)
+
+
+class _QuietLibraries:
+    """Logging filter: orbax's per-save INFO lines drown the progress log; keep its warnings."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+    # Imports after flag parsing so `--help` stays fast.
+    import jax
+    from clu import metric_writers
+    from etils import epath
+
+    from wlsft_jax import experiment, recipes, report, sharding
+
+    config = _CONFIG.value
+    recipes.check_config(config)
+    experiment.check_names(config)
+    if config.distributed.initialize:
+        sharding.maybe_initialize_distributed(
+            coordinator_address=config.distributed.coordinator_address,
+            num_processes=config.distributed.num_processes,
+            process_id=config.distributed.process_id)
+    mesh = sharding.make_mesh(**config.mesh)
+    for name in config.stages:  # Each micro-batch is split over the data shards.
+        stage = config[name]
+        try:
+            sharding.check_global_batch_size(mesh, stage.batch_size // stage.accum_steps)
+        except ValueError as error:
+            raise ValueError(f"config.{name}: micro-batches of batch_size={stage.batch_size} / "
+                             f"accum_steps={stage.accum_steps}: {error}") from None
+    jax.set_mesh(mesh)
+
+    workdir = epath.Path(_WORKDIR.value
+                         or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"])))
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main_process = jax.process_index() == 0
+    if is_main_process:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    writer = metric_writers.create_default_writer(
+        os.fspath(workdir / "tensorboard"), just_logging=not is_main_process)
+    logging.info("Workdir %s; mesh %s over %d devices.", workdir, dict(mesh.shape),
+                 jax.device_count())
+
+    records = experiment.run(config, workdir=workdir, mesh=mesh, writer=writer)
+    if is_main_process:
+        table = report.write_report(records, workdir / "report", id_dataset=config.data.id_domain,
+                                    ood_datasets=config.data.ood_domains, writer=writer)
+        print(table)
+    writer.close()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,117 @@
+"""The methods: what each trains, on which data, with which loss — nothing else.
+
+A `Method` hands the one training loop (`train.run`) its model, loss and input operations. What
+it may change is the stage's optimizer config (regex schedule; `None` freezes):
+
+- `pretrain`: CLIP contrastive loss on (image, caption) pairs from every pretraining domain.
+- `flyp`:     the same loss on (ID image, its class name in a template sampled per example and
+              step); both towers train (Goyal et al., 2023).
+- `ft`, `lp`: image tower + linear head on L2-normalised features, cross-entropy on ID labels;
+              the head starts as the zero-shot classifier (WiSE-FT). `lp` differs only by its
+              schedule, which freezes everything but `head/...`; LP-FT is `lp` then `ft`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wlsft_jax import objectives, sharding
+from wlsft_jax.data import transforms, world
+
+CONTRASTIVE_METHODS = ("pretrain", "flyp")
+CLASSIFIER_METHODS = ("ft", "lp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """Everything the training loop needs to know about a method."""
+    name: str
+    model: nn.Module
+    example_inputs: tuple  # Arguments after the rng for `model.init` (shapes only matter).
+    loss_fn: Callable  # (model, params, batch, rng) -> (loss, metrics)
+    train_source: Any  # A grain RandomAccessDataSource.
+    train_operations: Sequence  # Per-example grain transforms, batching is the loader's.
+    worker_count: int
+
+    def loss(self, params, batch, rng):
+        return self.loss_fn(self.model, params, batch, rng)
+
+    def abstract_params(self):
+        """`jax.eval_shape` of the init, boxed with logical axis names."""
+        return jax.eval_shape(self.model.init, jax.random.key(0), *self.example_inputs)["params"]
+
+    def param_shardings(self, mesh):
+        return sharding.logical_shardings(mesh, self.abstract_params())
+
+    def init_params(self, mesh, seed):
+        """Fresh params, created directly sharded on `mesh` (for pretraining from scratch)."""
+        init = lambda rng: nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+        return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
+
+
+def contrastive_loss(model, params, batch, rng):
+    del rng  # No dropout or stochastic depth in these models.
+    zimg, ztxt, out = model.apply({"params": params}, batch["image"], batch["tokens"])
+    loss, metrics = objectives.clip_contrastive(zimg, ztxt, out["temperature"])
+    return loss, dict(metrics, temperature=out["temperature"])
+
+
+def classification_loss(model, params, batch, rng):
+    del rng
+    logits, _ = model.apply({"params": params}, batch["image"])
+    loss, correct = objectives.softmax_xent(logits, batch["label"])
+    return loss, {"accuracy": jnp.mean(correct)}
+
+
+def image_operations(data_config, *, train: bool):
+    """uint8 world image -> augmented (train) and normalised float32."""
+    operations = []
+    if train:
+        operations.append(transforms.RandomResizedCrop(size=data_config.image_size,
+                                                       scale=tuple(data_config.crop_scale)))
+        if data_config.flip:
+            operations.append(transforms.RandomHorizontalFlip())
+    operations.append(transforms.Normalize(mean=tuple(data_config.mean),
+                                           std=tuple(data_config.std)))
+    return operations
+
+
+def build(method_name, *, stage_config, config, tokenizer, models, class_names, templates):
+    """The `Method` of a stage. `models` holds the built "clip" and "classifier" modules."""
+    data = config.data
+    batch = stage_config.batch_size // stage_config.accum_steps
+    images = jnp.zeros((batch, data.image_size, data.image_size, 3), jnp.float32)
+    tokens = jnp.zeros((batch, tokenizer.context_length), jnp.int32)
+    keep = transforms.SelectKeys
+    if method_name in CONTRASTIVE_METHODS:
+        if method_name == "pretrain":
+            source = world.WorldSource(split="train", domains=tuple(data.pretrain_domains),
+                                       examples_per_domain=data.train_examples_per_domain,
+                                       image_size=data.image_size, seed=config.seed)
+            text_operations = [transforms.Tokenize(tokenizer)]
+        else:
+            source = world.WorldSource(split="train", domains=(data.id_domain,),
+                                       examples_per_domain=data.train_examples_per_domain,
+                                       image_size=data.image_size, seed=config.seed)
+            text_operations = [transforms.ClassPrompts(tokenizer, tuple(class_names),
+                                                       tuple(templates))]
+        return Method(
+            name=method_name, model=models["clip"], example_inputs=(images, tokens),
+            loss_fn=contrastive_loss, train_source=source,
+            train_operations=[*image_operations(data, train=True), *text_operations,
+                              keep(("image", "tokens"))],
+            worker_count=data.worker_count)
+    source = world.WorldSource(split="train", domains=(data.id_domain,),
+                               examples_per_domain=data.train_examples_per_domain,
+                               image_size=data.image_size, seed=config.seed)
+    return Method(
+        name=method_name, model=models["classifier"], example_inputs=(images,),
+        loss_fn=classification_loss, train_source=source,
+        train_operations=[*image_operations(data, train=True), keep(("image", "label"))],
+        worker_count=data.worker_count)

@@ -1,0 +1,216 @@
+"""Config building blocks shared by `configs/*.py`, and the check that every key is known.
+
+Configs are code (`get_config(arg)`); this module holds the pieces they share so that each
+config file only states what makes it different, and `check_config` rejects any key that no part
+of the program consumes — before anything is compiled.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+METHODS = ("pretrain", "ft", "lp", "flyp")
+INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
+DATA_SOURCES = ("world",)
+TOKENIZER_KINDS = ("world", "clip_bpe")
+TEMPLATE_SETS = ("simple", "openai_imagenet")
+
+TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model", "init", "stages",
+                  "eval"}
+SECTION_KEYS = {
+    "mesh": {"data", "fsdp", "tensor"},
+    "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
+    "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
+             "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
+             "crop_scale", "flip", "mean", "std"},
+    "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
+    "model": {"img", "txt", "embed_dim", "dtype"},
+    "init": {"format", "path"},
+    "eval": {"batch_size", "templates", "alphas"},
+}
+STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
+              "checkpoint_every", "keep_checkpoints"}
+
+
+def _unknown(keys, allowed, where):
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown} in {where}; valid keys: "
+                         f"{sorted(allowed)}.")
+
+
+def _choice(value, valid, what):
+    if value not in valid:
+        raise ValueError(f"Unknown {what} {value!r}; valid choices: {list(valid)}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for any unknown key or unknown name, naming the valid ones."""
+    stages = tuple(config.stages)
+    if not stages:
+        raise ValueError("config.stages is empty; name at least one stage, e.g. ('pretrain',).")
+    _unknown(config.keys(), TOP_LEVEL_KEYS | set(stages), "the config's top level "
+             f"(stages {list(stages)} are valid too)")
+    for section, allowed in SECTION_KEYS.items():
+        _unknown(config[section].keys(), allowed, f"config.{section}")
+    _choice(config.data.source, DATA_SOURCES, "data.source")
+    _choice(config.tokenizer.kind, TOKENIZER_KINDS, "tokenizer.kind")
+    _choice(config.init.format, INIT_FORMATS, "init.format")
+    _choice(config.eval.templates, TEMPLATE_SETS, "eval.templates")
+    if config.init.format != "scratch" and not config.init.path:
+        raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
+                         "path to the weights).")
+    missing = [name for name in stages if name not in config]
+    if missing:
+        raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
+                         f"config.{missing[0]} = recipes.stage(...).")
+    for index, name in enumerate(stages):
+        stage = config[name]
+        _unknown(stage.keys(), STAGE_KEYS, f"config.{name}")
+        _choice(stage.method, METHODS, f"method of stage {name!r}")
+        if stage.get("input") is not None:
+            _choice(stage.input, stages[:index], f"input of stage {name!r} (an earlier stage)")
+        if "templates" in stage:
+            _choice(stage.templates, TEMPLATE_SETS, f"templates of stage {name!r}")
+        _check_stage_numbers(name, stage)
+    if config[stages[0]].method != "pretrain" and config.init.format == "scratch":
+        raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
+                         "init.format='scratch'; add a 'pretrain' stage first or set init.format "
+                         f"to one of {list(INIT_FORMATS[1:])} with init.path.")
+
+
+def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
+    """Step counts and batch split of a stage, and its optimizer config (keys, names, warmup)."""
+    from wlsft_jax import optim
+
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
+        if not isinstance(stage[key], int) or stage[key] < 1:
+            raise ValueError(f"config.{name}.{key} must be a positive integer, got {stage[key]!r}.")
+    if stage.batch_size % stage.accum_steps:
+        raise ValueError(f"config.{name}.batch_size={stage.batch_size} does not split into "
+                         f"accum_steps={stage.accum_steps} equal micro-batches; use an "
+                         "accum_steps that divides the batch size.")
+    try:  # Builds the optimizer for an empty param tree: checks every optim key and name.
+        optim.make_optimizer(stage.optim, {}, total_steps=stage.steps)
+    except ValueError as error:
+        raise ValueError(f"config.{name}.optim: {error}") from None
+
+
+def world_data(**overrides) -> ml_collections.ConfigDict:
+    """The embedded world: ID = photo, OOD = every other domain; pretraining sees all domains."""
+    from wlsft_jax.data import world
+
+    data = ml_collections.ConfigDict(dict(
+        source="world",
+        image_size=32,
+        id_domain="photo",
+        ood_domains=tuple(d for d in world.DOMAINS if d != "photo"),
+        pretrain_domains=tuple(world.DOMAINS),
+        train_examples_per_domain=20_000,
+        eval_examples_per_domain=1_000,
+        worker_count=2,
+        crop_scale=(0.9, 1.0),  # FLYP's random-resized-crop scale.
+        flip=False,  # Some shapes (arrow, crescent) are not mirror-symmetric.
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    ))
+    data.update(overrides)
+    return data
+
+
+def tiny_clip(**overrides) -> ml_collections.ConfigDict:
+    """A 1.8 M-parameter CLIP for the embedded 32-px world (PERF_NOTES' reference model)."""
+    model = ml_collections.ConfigDict(dict(
+        img=dict(variant="mu/4"),
+        txt=dict(width=128, depth=4, num_heads=4, mlp_dim=512),
+        embed_dim=128,
+        dtype="float32",
+    ))
+    model.update(overrides)
+    return model
+
+
+def optim(**overrides) -> ml_collections.ConfigDict:
+    """AdamW with warm-up and cosine decay, clipping at 1 (the WiSE-FT / FLYP recipe)."""
+    config = ml_collections.ConfigDict(dict(
+        optimizer="adamw", lr=1e-3, wd=0.1, b1=0.9, b2=0.98, grad_clip_norm=1.0,
+        warmup_steps=50, decay="cosine", schedule=[(".*", {})],
+    ))
+    config.update(overrides)
+    return config
+
+
+def stage(method: str, *, steps: int, batch_size: int = 128, **overrides):
+    """One training stage of `method`; `optim` overrides are merged into `optim()`."""
+    config = ml_collections.ConfigDict(dict(
+        method=method, steps=steps, batch_size=batch_size, accum_steps=1,
+        optim=optim(**overrides.pop("optim", {})), log_every=25, checkpoint_every=200,
+        keep_checkpoints=2,
+    ))
+    config.update(overrides)
+    return config
+
+
+def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """The shared top level: embedded world, tiny CLIP, pretraining from scratch."""
+    config = ml_collections.ConfigDict(dict(
+        seed=0,
+        num_seeds=1,  # Fine-tuning stages run for seeds seed, seed + 1, ...; pretraining once.
+        mesh=dict(data=-1, fsdp=1, tensor=1),
+        # Typed placeholders (None until set) so that `--config.distributed.*` can set them.
+        distributed=dict(initialize=False,
+                         coordinator_address=ml_collections.config_dict.placeholder(str),
+                         num_processes=ml_collections.config_dict.placeholder(int),
+                         process_id=ml_collections.config_dict.placeholder(int)),
+        data=world_data(),
+        tokenizer=dict(kind="world", context_length=24, vocab_path=None, merges_path=None),
+        model=tiny_clip(),
+        init=dict(format="scratch", path=None),
+        stages=tuple(stages),
+        eval=dict(batch_size=500, templates="simple",
+                  alphas=tuple(round(0.1 * i, 1) for i in range(11))),  # WiSE-FT's sweep.
+    ))
+    for name, stage_config in stage_configs.items():
+        config[name] = stage_config
+    return config
+
+
+def pretrain_stage(**overrides) -> ml_collections.ConfigDict:
+    """Contrastive pretraining of the tiny CLIP on world captions from every domain."""
+    return stage("pretrain", steps=600, batch_size=128,
+                 optim=dict(lr=1e-3, wd=0.1, warmup_steps=50), **overrides)
+
+
+def parse_arg(arg, valid):
+    """`--config=configs/x.py:ARG` -> ARG (default: the first valid one), checked."""
+    arg = arg or valid[0]
+    _choice(arg, valid, "config argument")
+    return arg
+
+
+def lp_stage(**overrides) -> ml_collections.ConfigDict:
+    """Linear probe through the training loop: only `head/...` trains, the rest is frozen."""
+    return stage("lp", steps=250, optim=dict(lr=1e-2, wd=0.0, warmup_steps=0,
+                                            schedule=[("head/.*", {}), (".*", None)]),
+                 **overrides)
+
+
+def imagenet_clip(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """CLIP ViT-B/16 on ImageNet and its shifts (weights from init.path, data from TFDS).
+
+    Declared with the papers' hyper-parameters; the TFDS sources arrive with the real-datasets
+    work, until then `check_config` rejects data.source with the list of sources available.
+    """
+    config = base(stages=stages, **stage_configs)
+    config.init = ml_collections.ConfigDict(dict(format="hf_clip", path=None))
+    config.data = world_data(
+        source="imagenet2012", image_size=224, id_domain="imagenet2012",
+        ood_domains=("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet"),
+        pretrain_domains=(), train_examples_per_domain=1_281_167, eval_examples_per_domain=50_000,
+        flip=True, mean=(0.48145466, 0.4578275, 0.40821073),
+        std=(0.26862954, 0.26130258, 0.27577711))
+    config.tokenizer = ml_collections.ConfigDict(dict(
+        kind="clip_bpe", context_length=77, vocab_path=None, merges_path=None))
+    config.model = ml_collections.ConfigDict(dict(img=dict(variant="B/16"), txt=dict(
+        width=512, depth=12, num_heads=8, mlp_dim=2048), embed_dim=512, dtype="bfloat16"))
+    config.eval.templates = "openai_imagenet"
+    return config

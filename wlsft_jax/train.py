@@ -1,0 +1,168 @@
+"""The one training loop: every method (pretrain, FT, LP, LP-FT's stages, FLYP) runs through it.
+
+Flat on purpose, in the manner of big_vision's trainer: read it top to bottom. A method only
+supplies its model, its loss and its input operations (`wlsft_jax.methods`); what to train and
+how is the stage's optimizer config (`wlsft_jax.optim`, regex schedule with `None` = frozen).
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import periodic_actions
+
+from wlsft_jax import checkpoint, optim, sharding
+from wlsft_jax.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+def _accumulated_grads(loss_fn, params, batch, accum_steps):
+    """Mean loss/metrics/gradients over `accum_steps` equal micro-batches of `batch`.
+
+    Micro-batch i takes rows i, i + A, i + 2A, ... so that each one stays spread evenly over the
+    data-sharded batch axis (no re-sharding between micro-batches).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        return grad_fn(params, batch)
+
+    def split(x):
+        x = x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    micro_batches = jax.tree.map(split, batch)
+
+    def accumulate(carry, micro_batch):
+        (loss, metrics), grads = grad_fn(params, micro_batch)
+        return jax.tree.map(jnp.add, carry, ((loss, metrics), grads)), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    rest = jax.tree.map(lambda x: x[1:], micro_batches)
+    total, _ = jax.lax.scan(accumulate, grad_fn(params, first), rest)
+    return jax.tree.map(lambda x: x / accum_steps, total)
+
+
+def make_train_step(method, tx, frozen_mask, accum_steps):
+    """(state, batch) -> (state, metrics).
+
+    Frozen leaves get no gradient (`stop_gradient`, so XLA drops their backward pass) and are
+    carried over untouched, bitwise; the optimizer holds no state for them (`optim`).
+    """
+
+    def train_step(state, batch):
+        params = state["params"]
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        def loss_fn(params, micro_batch):
+            params = jax.tree.map(lambda frozen, p: jax.lax.stop_gradient(p) if frozen else p,
+                                  frozen_mask, params)
+            return method.loss(params, micro_batch, step_rng)
+
+        (loss, metrics), grads = _accumulated_grads(loss_fn, params, batch, accum_steps)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updated = optax.apply_updates(params, updates)
+        params = jax.tree.map(lambda frozen, old, new: old if frozen else new,
+                              frozen_mask, params, updated)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
+
+    return train_step
+
+
+def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer):
+    """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
+
+    Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter.
+    """
+    steps = stage_config.steps
+    batch_size = stage_config.batch_size
+    accum_steps = stage_config.accum_steps
+    if batch_size % accum_steps:
+        raise ValueError(f"{name}: batch_size {batch_size} does not split into "
+                         f"accum_steps={accum_steps} equal micro-batches.")
+    sharding.check_global_batch_size(mesh, batch_size // accum_steps)
+
+    # --- Optimizer and sharded state -------------------------------------------------------
+    tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
+    frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
+    param_shardings = method.param_shardings(mesh)
+    # A copy: the step donates its state, and the caller may still need `init_params`.
+    params = jax.device_put(init_params, param_shardings, may_alias=False)
+    opt_state_shardings = sharding.opt_state_shardings(tx, params, param_shardings)
+    opt_state = jax.jit(tx.init, out_shardings=opt_state_shardings)(params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = dict(
+        params=params,
+        opt_state=opt_state,
+        step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        rng=jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated),
+    )
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+
+    # --- Data --------------------------------------------------------------------------------
+    loader = pipeline.train_loader(
+        method.train_source, global_batch_size=batch_size, operations=method.train_operations,
+        seed=seed, worker_count=method.worker_count)
+    data_iter = iter(loader)
+
+    # --- Resume ----------------------------------------------------------------------------------
+    manager = checkpoint.Checkpointer(workdir, max_to_keep=stage_config.keep_checkpoints,
+                                      save_interval_steps=stage_config.checkpoint_every)
+    start = manager.latest_step()
+    if start is not None:
+        target = checkpoint.restore_target(state, state_shardings)
+        # The data position is saved per process; a finished stage does not need it, so its
+        # checkpoint also restores on another number of processes (train on a pod, eval on one).
+        state = manager.restore(start, target, data_iter if start < steps else None)
+        logging.info("[%s] resumed from step %d in %s", name, start, workdir)
+    first_step = int(state["step"])
+    if first_step > steps:
+        manager.close()
+        raise ValueError(f"[{name}] {workdir} holds a checkpoint at step {first_step}, beyond this "
+                         f"stage's steps={steps}; use a fresh workdir or steps >= {first_step}.")
+    if first_step == steps:
+        manager.close()
+        return state["params"]
+
+    train_step = jax.jit(
+        make_train_step(method, tx, frozen_mask, accum_steps),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,))
+
+    # --- Loop ------------------------------------------------------------------------------------
+    progress = periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
+                                               every_steps=stage_config.log_every)
+    log_time, log_step = time.perf_counter(), first_step
+    for step in range(first_step + 1, steps + 1):
+        batch = sharding.put_batch(mesh, next(data_iter))
+        state, metrics = train_step(state, batch)
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            manager.close()
+            raise NonFiniteLossError(
+                f"[{name}] loss is {loss} (gradient norm {grad_norm}) at step {step}; stopped. "
+                f"The last good checkpoint (step {manager.latest_step()}) in {workdir} is left "
+                "intact.")
+        progress(step)
+        if step % stage_config.log_every == 0 or step == steps:
+            now = time.perf_counter()
+            steps_per_sec = (step - log_step) / (now - log_time)
+            log_time, log_step = now, step
+            scalars = {f"{name}/{k}": float(v) for k, v in metrics.items()}
+            scalars[f"{name}/lr"] = float(lr_schedule(step - 1))
+            scalars[f"{name}/steps_per_sec"] = steps_per_sec
+            scalars[f"{name}/examples_per_sec"] = steps_per_sec * batch_size
+            writer.write_scalars(step, scalars)
+        manager.save(step, state, data_iterator=data_iter, force=step == steps)
+    manager.close()
+    writer.flush()
+    return state["params"]
