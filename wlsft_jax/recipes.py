@@ -156,15 +156,17 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         seed=0,
         num_seeds=1,  # Fine-tuning stages run for seeds seed, seed + 1, ...; pretraining once.
         mesh=dict(data=-1, fsdp=1, tensor=1),
-        # Typed placeholders (None until set) so that `--config.distributed.*` can set them.
+        # Typed placeholders (None until set), so that the command line can set them.
         distributed=dict(initialize=False,
                          coordinator_address=ml_collections.config_dict.placeholder(str),
                          num_processes=ml_collections.config_dict.placeholder(int),
                          process_id=ml_collections.config_dict.placeholder(int)),
         data=world_data(),
-        tokenizer=dict(kind="world", context_length=24, vocab_path=None, merges_path=None),
+        tokenizer=dict(kind="world", context_length=24,
+                       vocab_path=ml_collections.config_dict.placeholder(str),
+                       merges_path=ml_collections.config_dict.placeholder(str)),
         model=tiny_clip(),
-        init=dict(format="scratch", path=None),
+        init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str)),
         stages=tuple(stages),
         eval=dict(batch_size=500, templates="simple",
                   alphas=tuple(round(0.1 * i, 1) for i in range(11))),  # WiSE-FT's sweep.
@@ -201,7 +203,8 @@ def imagenet_clip(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     work, until then `check_config` rejects data.source with the list of sources available.
     """
     config = base(stages=stages, **stage_configs)
-    config.init = ml_collections.ConfigDict(dict(format="hf_clip", path=None))
+    config.init = ml_collections.ConfigDict(dict(
+        format="hf_clip", path=ml_collections.config_dict.placeholder(str)))
     config.data = world_data(
         source="imagenet2012", image_size=224, id_domain="imagenet2012",
         ood_domains=("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet"),
@@ -209,7 +212,9 @@ def imagenet_clip(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         flip=True, mean=(0.48145466, 0.4578275, 0.40821073),
         std=(0.26862954, 0.26130258, 0.27577711))
     config.tokenizer = ml_collections.ConfigDict(dict(
-        kind="clip_bpe", context_length=77, vocab_path=None, merges_path=None))
+        kind="clip_bpe", context_length=77,
+        vocab_path=ml_collections.config_dict.placeholder(str),
+        merges_path=ml_collections.config_dict.placeholder(str)))
     config.model = ml_collections.ConfigDict(dict(img=dict(variant="B/16"), txt=dict(
         width=512, depth=12, num_heads=8, mlp_dim=2048), embed_dim=512, dtype="bfloat16"))
     config.eval.templates = "openai_imagenet"
