@@ -1,0 +1,98 @@
+"""Linear probe: L2-regularised multinomial logistic regression on frozen features.
+
+The objective is sklearn's `LogisticRegression` (lbfgs) scaled by 1/n:
+
+    mean cross-entropy + ||kernel||² / (2 · C · n)        (the bias is not penalised)
+
+fitted full-batch by optax's L-BFGS with its zoom line search inside one `lax.while_loop`. The
+inverse regularisation strength C is a traced argument, so one compiled fit serves a whole
+log-spaced grid; the grid is swept from strong to weak regularisation, each fit warm-started from
+the previous solution, and C is chosen by accuracy on the validation split (never on test).
+The result is the linear head for LP-FT's first stage: logits = feats @ kernel + bias.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from wlsft_jax.evals.feature_checks import checked_features
+from wlsft_jax.evals.feature_checks import checked_labels
+
+# 10 values from strong (1e-4) to weak (1e2) regularisation, as in benchmarks/linear_probe.py.
+DEFAULT_CS = tuple(np.logspace(-4, 2, 10))
+
+
+def fit_linear_probe(train_feats, train_labels, val_feats, val_labels, *, num_classes: int,
+                     cs=None, max_iter: int = 1000,
+                     tolerance: float = 1e-4) -> tuple[jax.Array, jax.Array, float]:
+    """Fits the probe for every C in `cs` and returns (kernel [D, classes], bias [classes], best C).
+
+    Each fit stops after `max_iter` L-BFGS steps or once the largest gradient entry of the
+    objective is below `tolerance` (sklearn's `tol`). Ties in validation accuracy go to the
+    smaller C.
+    """
+    train_feats = checked_features("train_feats", train_feats)
+    train_labels = checked_labels("train_labels", train_labels, num_rows=train_feats.shape[0],
+                                  num_classes=num_classes)
+    val_feats = checked_features("val_feats", val_feats, dim=train_feats.shape[1])
+    val_labels = checked_labels("val_labels", val_labels, num_rows=val_feats.shape[0],
+                                num_classes=num_classes)
+    cs = sorted(DEFAULT_CS if cs is None else cs)
+    if not cs or not all(np.isfinite(c) and c > 0 for c in cs):
+        raise ValueError(f"cs must be a non-empty sequence of finite values > 0; got {cs}.")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer; got {max_iter}.")
+
+    params = {"kernel": jnp.zeros((train_feats.shape[1], num_classes), jnp.float32),
+              "bias": jnp.zeros((num_classes,), jnp.float32)}
+    best_params, best_c, best_accuracy = None, None, -1.0
+    for c in cs:
+        params, num_steps = _fit(params, train_feats, train_labels, c, max_iter, tolerance)
+        accuracy = float(_accuracy(params, val_feats, val_labels))
+        logging.info("linear probe C=%.3g: %d L-BFGS steps, val accuracy %.4f",
+                     c, int(num_steps), accuracy)
+        if accuracy > best_accuracy:
+            best_params, best_c, best_accuracy = params, float(c), accuracy
+    return best_params["kernel"], best_params["bias"], best_c
+
+
+@jax.jit
+def _fit(init_params, feats, labels, c, max_iter, tolerance):
+    """L-BFGS from `init_params` on the objective for this C; returns (params, steps taken)."""
+    def objective(params):
+        logits = feats @ params["kernel"] + params["bias"]
+        cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return cross_entropy + jnp.sum(params["kernel"] ** 2) / (2 * c * feats.shape[0])
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def largest_entry(grad):
+        return optax.tree.norm(grad, ord=jnp.inf)
+
+    def step(carry):
+        params, state, num_steps, _ = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(grad, state, params, value=value, grad=grad,
+                                       value_fn=objective)
+        new_grad = optax.tree.get(state, "grad")  # the line search's gradient at the new params
+        return optax.apply_updates(params, updates), state, num_steps + 1, largest_entry(new_grad)
+
+    def not_converged(carry):
+        _, _, num_steps, largest_grad = carry
+        return (num_steps < max_iter) & (largest_grad > tolerance)
+
+    # Checked before the first step too: a warm start may already be converged, and a first
+    # L-BFGS step from there (a plain gradient step of unit length) would only move away.
+    init_largest_grad = largest_entry(jax.grad(objective)(init_params))
+    params, _, num_steps, _ = jax.lax.while_loop(
+        not_converged, step, (init_params, solver.init(init_params), 0, init_largest_grad))
+    return params, num_steps
+
+
+@jax.jit
+def _accuracy(params, feats, labels):
+    """Fraction of rows whose arg-max logit is the label."""
+    logits = feats @ params["kernel"] + params["bias"]
+    return (logits.argmax(axis=1) == labels).mean()
