@@ -9,6 +9,10 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 - `ft`, `lp`: image tower + linear head on L2-normalised features, cross-entropy on ID labels;
               the head starts as the zero-shot classifier (WiSE-FT). `lp` differs only by its
               schedule, which freezes everything but `head/...`; LP-FT is `lp` then `ft`.
+- `wls`:      weak language supervision: the CLIP loss on (ID image, its caption) pairs between
+              a vision encoder with adapters, projected into a text encoder's space, and that
+              text encoder (`models.wls`); its schedule trains only adapters and projection
+              (`WLS_SCHEDULE`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from wlsft_jax.data import transforms, world
 
 CONTRASTIVE_METHODS = ("pretrain", "flyp")
 CLASSIFIER_METHODS = ("ft", "lp")
+WLS_METHODS = ("wls",)
+# WLS trains the adapters and the image projection; the encoders (and temperature) stay frozen.
+WLS_SCHEDULE = ((r"img/.*/(film|replay|lora)/.*", {}), ("img/proj/.*", {}), (".*", None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +90,23 @@ def image_operations(data_config, *, train: bool):
 
 
 def build(method_name, *, stage_config, config, tokenizer, models, class_names, templates):
-    """The `Method` of a stage. `models` holds the built "clip" and "classifier" modules."""
+    """The `Method` of a stage. `models` holds the built "clip" and "classifier" modules (and
+    "wls", a `models.wls.Model`, for the `wls` method)."""
     data = config.data
     batch = stage_config.batch_size // stage_config.accum_steps
     images = jnp.zeros((batch, data.image_size, data.image_size, 3), jnp.float32)
     tokens = jnp.zeros((batch, tokenizer.context_length), jnp.int32)
     keep = transforms.SelectKeys
+    if method_name in WLS_METHODS:
+        source = world.WorldSource(split="train", domains=(data.id_domain,),
+                                   examples_per_domain=data.train_examples_per_domain,
+                                   image_size=data.image_size, seed=config.seed)
+        return Method(
+            name=method_name, model=models["wls"], example_inputs=(images, tokens),
+            loss_fn=contrastive_loss, train_source=source,
+            train_operations=[*image_operations(data, train=True),
+                              transforms.Tokenize(tokenizer), keep(("image", "tokens"))],
+            worker_count=data.worker_count)
     if method_name in CONTRASTIVE_METHODS:
         if method_name == "pretrain":
             source = world.WorldSource(split="train", domains=tuple(data.pretrain_domains),

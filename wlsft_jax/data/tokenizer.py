@@ -36,18 +36,21 @@ _WORLD_WORDS = r"[\p{L}\p{N}]+"
 class Tokenizer:
     """Turns texts into fixed-length int32 token rows (and back) with a `tokenizers.Tokenizer`.
 
-    The backend must hold `START_TOKEN` and `END_TOKEN` in its vocabulary, the latter with the
-    largest id. Special-token insertion, truncation and padding are configured here, so that
-    every constructor (and `load`) gives the same behaviour.
+    The backend must hold `start_token` and `end_token` in its vocabulary (CLIP's by default; a
+    BERT tokenizer's are [CLS] and [SEP]). CLIP's `END_TOKEN` must have the largest id, so a CLIP
+    text tower can pool at argmax; BERT encoders pool over the padding mask instead.
+    Special-token insertion, truncation and padding are configured here, so that every
+    constructor (and `load`) gives the same behaviour.
     """
 
-    def __init__(self, backend: tokenizers.Tokenizer, *, context_length: int, pad_id: int):
+    def __init__(self, backend: tokenizers.Tokenizer, *, context_length: int, pad_id: int,
+                 start_token: str = START_TOKEN, end_token: str = END_TOKEN):
         vocab = backend.get_vocab(with_added_tokens=True)
-        missing = [token for token in (START_TOKEN, END_TOKEN) if token not in vocab]
+        missing = [token for token in (start_token, end_token) if token not in vocab]
         if missing:
             raise ValueError(f"Tokenizer vocabulary lacks the special tokens {missing}; it needs "
-                             f"both {[START_TOKEN, END_TOKEN]}.")
-        if vocab[END_TOKEN] != max(vocab.values()):
+                             f"both {[start_token, end_token]}.")
+        if end_token == END_TOKEN and vocab[END_TOKEN] != max(vocab.values()):
             raise ValueError(f"{END_TOKEN} has id {vocab[END_TOKEN]} but must have the largest id "
                              f"({max(vocab.values())}) so the text tower can pool at argmax.")
         if context_length < 2:
@@ -59,13 +62,14 @@ class Tokenizer:
         self._backend = backend
         self.context_length = context_length
         self.pad_id = pad_id
-        self.sot_id = vocab[START_TOKEN]
-        self.eot_id = vocab[END_TOKEN]
+        self.start_token, self.end_token = start_token, end_token
+        self.sot_id = vocab[start_token]
+        self.eot_id = vocab[end_token]
         self.vocab_size = len(vocab)
-        backend.add_special_tokens([START_TOKEN, END_TOKEN])
+        backend.add_special_tokens([start_token, end_token])
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{START_TOKEN} $A {END_TOKEN}",
-            special_tokens=[(START_TOKEN, self.sot_id), (END_TOKEN, self.eot_id)])
+            single=f"{start_token} $A {end_token}",
+            special_tokens=[(start_token, self.sot_id), (end_token, self.eot_id)])
         # Truncation counts the two special tokens, so the end token always survives.
         backend.enable_truncation(max_length=context_length)
         backend.enable_padding(length=context_length, pad_id=pad_id, pad_token=pad_token)
@@ -90,7 +94,8 @@ class Tokenizer:
         directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / _BACKEND_FILE).write_text(self._backend.to_str())
-        settings = {"context_length": self.context_length, "pad_id": self.pad_id}
+        settings = {"context_length": self.context_length, "pad_id": self.pad_id,
+                    "start_token": self.start_token, "end_token": self.end_token}
         (directory / _SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
     @classmethod
@@ -134,6 +139,20 @@ def clip_bpe(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike, *,
     backend.decoder = decoders.Sequence([
         decoders.ByteLevel(), decoders.Replace(_CLIP_WORD_SUFFIX, " ")])
     return Tokenizer(backend, context_length=context_length, pad_id=0)
+
+
+def from_tokenizer_json(path: str | os.PathLike, *, context_length: int,
+                        start_token: str = "[CLS]", end_token: str = "[SEP]",
+                        pad_token: str = "[PAD]") -> Tokenizer:
+    """A Hugging Face `tokenizer.json` (e.g. a BERT WordPiece one, as all-MiniLM-L6-v2 ships),
+    its own normaliser and pre-tokeniser kept; rows are start, text, end, `pad_token` padding."""
+    backend = tokenizers.Tokenizer.from_str(epath.Path(path).read_text())
+    pad_id = backend.token_to_id(pad_token)
+    if pad_id is None:
+        raise ValueError(f"{path} has no pad token {pad_token!r}; pass the pad_token of its "
+                         "vocabulary.")
+    return Tokenizer(backend, context_length=context_length, pad_id=pad_id,
+                     start_token=start_token, end_token=end_token)
 
 
 def _world_normalizer_and_splitter() -> tuple[normalizers.Normalizer, pre_tokenizers.PreTokenizer]:

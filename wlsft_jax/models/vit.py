@@ -9,6 +9,7 @@ into `cls` by the converters.
 Params carry logical axis names ("embed", "mlp", "heads", "kv", "joint", "classes") so that
 `wlsft_jax.sharding` can place them; `nn.unbox` turns an init result into plain arrays.
 """
+from collections.abc import Mapping
 import math
 
 from absl import logging
@@ -16,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from wlsft_jax.models import adapters
 
 # name -> (width, depth, mlp_dim, num_heads); "mu" is the tiny tower for the embedded 32-px world.
 VARIANTS = {
@@ -191,20 +194,41 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
+
+    `adapter` (one block's settings from `adapters.block_settings`, or None) adds a FiLM, Token
+    Replay or LoRA adapter under its own param name; each is the identity at init.
+    """
     num_heads: int
     mlp_dim: int
     act: str = "gelu"
     layer_norm_eps: float = 1e-6
     causal: bool = False
     dtype_mm: str = "float32"
+    adapter: Mapping | None = None
 
     @nn.compact
     def __call__(self, x):
-        y = layer_norm(self.layer_norm_eps, "ln1")(x)
-        x = x + Attention(self.num_heads, self.causal, self.dtype_mm, name="attn")(y)
+        kind = self.adapter["name"] if self.adapter else None
+        ln1 = layer_norm(self.layer_norm_eps, "ln1")
+        y = ln1(x)
+        attention_class = Attention
+        if kind == "lora":
+            delta = adapters.LoRA(self.adapter["rank"], self.adapter["scale"], name="lora")(
+                (x.shape[-1], 3, self.num_heads, x.shape[-1] // self.num_heads))
+            attention_class = adapters.with_lora(Attention, delta)
+        attn = attention_class(self.num_heads, self.causal, self.dtype_mm, name="attn")
+        attended = attn(y)
+        if kind == "token_replay":
+            attended = attended + adapters.TokenReplay(
+                self.adapter["num_tokens"], self.dtype_mm, name="replay")(
+                    y, ln1, nn.unbox(attn.variables["params"]))
+        x = x + attended
         y = layer_norm(self.layer_norm_eps, "ln2")(x)
-        return x + MlpBlock(self.mlp_dim, self.act, self.dtype_mm, name="mlp")(y)
+        x = x + MlpBlock(self.mlp_dim, self.act, self.dtype_mm, name="mlp")(y)
+        if kind == "film":
+            x = adapters.FiLM(name="film")(x)
+        return x
 
 
 class MAPHead(nn.Module):
@@ -238,7 +262,9 @@ class Model(nn.Module):
     grid of the images given to `init`); other input sizes get it resampled with `posemb_resize`
     (logged). `pool` is "cls", "mean" (over patch
     tokens) or "map". `act` is one of ACTIVATIONS. `dtype_mm="bfloat16"` runs matmuls in bf16
-    while params, norms, softmax and the residual stream stay float32.
+    while params, norms, softmax and the residual stream stay float32. `adapter` adds FiLM, Token
+    Replay or LoRA adapters to a range of blocks, e.g. dict(name="film", blocks=(8, 12)) (see
+    `adapters`); with adapters, `out["embedded"]` holds the tokens entering block 0.
     """
     variant: str | None = "mu/4"
     width: int | None = None
@@ -258,6 +284,7 @@ class Model(nn.Module):
     num_classes: int | None = None
     posemb_resize: str = "bilinear"
     dtype_mm: str = "float32"
+    adapter: Mapping | None = None
 
     @nn.nowrap
     def sizes(self) -> dict:
@@ -288,6 +315,7 @@ class Model(nn.Module):
             raise ValueError("pool='cls' needs class_token=True; or choose pool from "
                              f"{[p for p in POOLS if p != 'cls']}.")
         sizes = self.sizes()
+        block_adapters = adapters.block_settings(self.adapter, sizes["depth"])
         width, patch = sizes["width"], sizes["patch_size"]
         grid = self.check_images(images)
         out = {}
@@ -310,11 +338,13 @@ class Model(nn.Module):
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, width)), x], axis=1)
         if self.ln_pre:
             x = layer_norm(self.layer_norm_eps, "ln_pre")(x)
+        if self.adapter:
+            out["embedded"] = x
 
         for i in range(sizes["depth"]):
             x = out[f"block{i}"] = EncoderBlock(
                 sizes["num_heads"], sizes["mlp_dim"], self.act, self.layer_norm_eps,
-                dtype_mm=self.dtype_mm, name=f"encoderblock_{i}")(x)
+                dtype_mm=self.dtype_mm, adapter=block_adapters[i], name=f"encoderblock_{i}")(x)
         x = out["encoded"] = layer_norm(self.layer_norm_eps, "encoder_norm")(x)
 
         if self.pool == "cls":
