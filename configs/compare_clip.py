@@ -16,11 +16,13 @@ def get_config(arg=None):
         pretrain=recipes.pretrain_stage(),
         lp=recipes.lp_stage(),
         ft=recipes.stage("ft", input="pretrain",
-                         optim=dict(lr=1e-4, wd=0.1, warmup_steps=25), steps=250),
+                         optim=dict(lr=1e-4, wd=0.1, warmup_steps=15), steps=150),
         lpft=recipes.stage("ft", input="lp",
-                           optim=dict(lr=3e-5, wd=0.1, warmup_steps=25), steps=250),
+                           optim=dict(lr=3e-5, wd=0.1, warmup_steps=15), steps=150),
         flyp=recipes.stage("flyp", input="pretrain", templates="simple",
-                           optim=dict(lr=1e-4, wd=0.1, warmup_steps=25), steps=250),
+                           optim=dict(lr=1e-4, wd=0.1, warmup_steps=15), steps=150),
     )
+    config.lp.steps = 150
     config.num_seeds = 3
+    config.data.eval_examples_per_domain = 500
     return config

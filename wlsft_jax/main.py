@@ -40,7 +40,7 @@ class _QuietLibraries:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+    logging.get_absl_logger().addFilter(_QuietLibraries())
     # Imports after flag parsing so `--help` stays fast.
     import jax
     from clu import metric_writers
