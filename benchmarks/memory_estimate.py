@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from wlsft_jax import experiment, methods, optim, train
+from wlsft_jax.data import imagenet_classes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -53,7 +54,8 @@ def nbytes(tree) -> int:
 def step_memory(config, per_chip_batch: int):
     """(static bytes, activation/temporary bytes) of one FLYP step at `per_chip_batch`."""
     stage = config.flyp
-    models = experiment.build_models(config, CLIP_BPE_SIZES)
+    models = experiment.build_models(config, CLIP_BPE_SIZES,
+                                     num_classes=len(imagenet_classes.IMAGENET_CLASSES))
     size = config.data.image_size
     images = jax.ShapeDtypeStruct((per_chip_batch, size, size, 3), jnp.float32)
     tokens = jax.ShapeDtypeStruct((per_chip_batch, CLIP_BPE_SIZES.context_length), jnp.int32)

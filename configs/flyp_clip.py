@@ -6,22 +6,27 @@ text tower.
 
   python -m wlsft_jax.main --config=configs/flyp_clip.py            # embedded world
   python -m wlsft_jax.main --config=configs/flyp_clip.py:imagenet \
-      --config.init.path=/path/to/clip-vit-base-patch16             # declared; needs issue 7
+      --config.init.path=/path/to/clip-vit-base-patch16 --config.data.data_dir=/path/to/datasets
+  # also :cifar10_stl (CIFAR-10 -> STL-10) and :domainnet (sketch -> real, painting, clipart)
+
+init.path is a Hugging Face CLIP directory (config.json, model.safetensors, vocab.json,
+merges.txt); data.data_dir (or $TFDS_DATA_DIR) holds the prepared datasets
+(launch/prepare_data.md).
 
 Expected on the embedded world (2-core CPU, about 8 minutes): see the table in README.md.
 ImageNet (FLYP paper, CLIP ViT-B/16): about 82.6 ID / 60.2 average OOD over
-V2, R, A, Sketch, ObjectNet.
+V2, R, A, Sketch, ObjectNet. No paper number is quoted here for :cifar10_stl / :domainnet.
 """
 from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", "imagenet"))
-    if arg == "imagenet":
-        return recipes.imagenet_clip(
-            stages=("flyp",),
-            flyp=recipes.stage("flyp", steps=25_020, batch_size=512, templates="openai_imagenet",
-                               optim=dict(lr=1e-5, wd=0.1, warmup_steps=500)))
+    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
+    if arg != "world":
+        return recipes.real_clip(
+            arg, stages=("flyp",),
+            flyp=recipes.real_stage("flyp", arg, templates="openai_imagenet",
+                                    optim=dict(lr=1e-5, wd=0.1)))
     return recipes.base(
         stages=("pretrain", "flyp"),
         pretrain=recipes.pretrain_stage(),

@@ -1,6 +1,9 @@
 r"""LP: linear probe — the encoder is frozen, only the head trains (regex schedule: None freezes).
 
   python -m wlsft_jax.main --config=configs/lp_clip.py              # embedded world
+  python -m wlsft_jax.main --config=configs/lp_clip.py:imagenet \
+      --config.init.path=/path/to/clip-vit-base-patch16 --config.data.data_dir=/path/to/datasets
+  # also :cifar10_stl and :domainnet; see configs/flyp_clip.py for what the paths hold
 
 The head starts from the zero-shot classifier. Expected on the embedded world: see README.md.
 """
@@ -8,9 +11,9 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", "imagenet"))
+    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
     lp = recipes.lp_stage()
-    if arg == "imagenet":
+    if arg != "world":
         lp.batch_size = 512
-        return recipes.imagenet_clip(stages=("lp",), lp=lp)
+        return recipes.real_clip(arg, stages=("lp",), lp=lp)
     return recipes.base(stages=("pretrain", "lp"), pretrain=recipes.pretrain_stage(), lp=lp)

@@ -86,7 +86,7 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
     ("ft.optim.warmup_steps", 250, "warmup_steps < total_steps"),
     ("ft.templates", "fancy", r"'fancy'; valid choices: \['simple', 'openai_imagenet'\]"),
     ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe'\]"),
-    ("data.source", "laion", r"'laion'; valid choices: \['world'\]"),
+    ("data.source", "laion", r"'laion'; valid choices: \['world', 'real'\]"),
     ("init.format", "pytorch", r"'pytorch'; valid choices: \['scratch', 'orbax'"),
     ("eval.templates", "none", r"'none'; valid choices"),
 ])

@@ -45,13 +45,13 @@ CLIP_CONFIGS = {
 }
 
 
-def save_hf_clip(tmp_path, image_size, patch_size, depth, act, text_length, eos):
+def save_hf_clip(tmp_path, image_size, patch_size, depth, act, text_length, eos, vocab_size=64):
     """Random-init tiny transformers.CLIPModel saved with save_pretrained; returns (model, dir)."""
     torch = pytest.importorskip("torch", reason=PARITY_EXTRA)
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=48,
+        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
                          num_hidden_layers=depth, num_attention_heads=2,
                          max_position_embeddings=text_length, hidden_act=act, eos_token_id=eos,
                          bos_token_id=1, pad_token_id=0),

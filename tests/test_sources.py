@@ -16,6 +16,7 @@ TFDS_SPLITS = {"imagenet2012": ("train", "validation"), "imagenet_v2": ("test",)
                "imagenet_r": ("test",), "imagenet_a": ("test",), "imagenet_sketch": ("test",),
                "cifar10": ("train", "test"), "cifar10_1": ("test",), "stl10": ("train", "test"),
                "domainnet/sketch": ("train", "test"), "domainnet/real": ("test",),
+               "domainnet/painting": ("test",), "domainnet/clipart": ("test",),
                "coco_captions": ("train", "val")}
 NUM_MOCK_EXAMPLES = 6
 
@@ -47,8 +48,10 @@ def tfds_dir(tmp_path_factory):
 
 
 def mocked_tfds(data_dir, records=None):
-    """tfds mocked over `data_dir`'s metadata: random records, or `records` (list of dicts)."""
-    fake = None if records is None else (lambda builder, split, **kwargs: records)
+    """tfds mocked over `data_dir`'s metadata: random records, or `records` (a list of dicts, or
+    a function of the dataset's name giving one)."""
+    fake = None if records is None else (lambda builder, split, **kwargs: (
+        records(builder.name) if callable(records) else records))
     return tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES, data_dir=data_dir,
                                   policy=tfds.testing.MockPolicy.USE_FILES,
                                   as_data_source_fn=fake)

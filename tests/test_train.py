@@ -24,7 +24,7 @@ from clu import metric_writers
 from etils import epath
 
 from wlsft_jax import experiment, methods, optim, recipes, sharding, train
-from wlsft_jax.data import templates, tokenizer as tokenizer_lib, world
+from wlsft_jax.data import tasks, templates, tokenizer as tokenizer_lib, world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_IMAGE = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8)
@@ -109,9 +109,10 @@ def train_run(config, workdir, *, mesh=None, writer=None, loss_fn=None):
     writer = writer or RecordingWriter()
     (name,) = config.stages
     stage_config = config[name]
-    models = experiment.build_models(config, _tokenizer())
+    task = tasks.build(config.data, seed=config.seed)
+    models = experiment.build_models(config, _tokenizer(), num_classes=len(task.class_names))
     method = methods.build(stage_config.method, stage_config=stage_config, config=config,
-                           tokenizer=_tokenizer(), models=models, class_names=world.CLASSES,
+                           tokenizer=_tokenizer(), models=models, task=task,
                            templates=templates.SIMPLE_TEMPLATES)
     if loss_fn is not None:
         method = dataclasses.replace(method, loss_fn=loss_fn)

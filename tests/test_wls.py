@@ -8,7 +8,7 @@ import pytest
 from etils import epath
 
 from wlsft_jax import methods, recipes, sharding, train
-from wlsft_jax.data import templates, world
+from wlsft_jax.data import tasks, templates
 from wlsft_jax.models import adapters, wls
 from test_train import RecordingWriter, _tokenizer, flat, saved_state
 
@@ -30,7 +30,7 @@ def wls_run(adapter, workdir):
                                 context_length=tokenizer.context_length,
                                 pad_id=tokenizer.pad_id))
     method = methods.build("wls", stage_config=config.wls, config=config, tokenizer=tokenizer,
-                           models={"wls": model}, class_names=world.CLASSES,
+                           models={"wls": model}, task=tasks.build(config.data, seed=0),
                            templates=templates.SIMPLE_TEMPLATES)
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
     init_params = jax.device_get(method.init_params(mesh, 0))

@@ -16,8 +16,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from wlsft_jax import checkpoint, convert, interpolate, methods, sharding, train
-from wlsft_jax.data import pipeline, templates as templates_lib, tokenizer as tokenizer_lib
-from wlsft_jax.data import transforms, world
+from wlsft_jax.data import pipeline, tasks, templates as templates_lib
+from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
 from wlsft_jax.models import classifier, two_towers
 
@@ -25,15 +25,10 @@ ZERO_SHOT = "zeroshot"
 
 
 def check_names(config) -> None:
-    """Unknown domains are errors that list the valid ones (before anything is compiled)."""
+    """Unknown domains / datasets are errors that list the valid ones (before anything is
+    compiled or read)."""
     data = config.data
-    named = {"data.id_domain": (data.id_domain,), "data.ood_domains": tuple(data.ood_domains),
-             "data.pretrain_domains": tuple(data.pretrain_domains)}
-    for key, domains in named.items():
-        unknown = [d for d in domains if d not in world.DOMAINS]
-        if unknown:
-            raise ValueError(f"Unknown domain(s) {unknown} in {key}; valid domains of the "
-                             f"embedded world: {list(world.DOMAINS)}.")
+    tasks.check_names(data)
     if data.id_domain in data.ood_domains:
         raise ValueError(f"data.id_domain {data.id_domain!r} is also listed in data.ood_domains; "
                          "an OOD set must differ from the ID set.")
@@ -57,8 +52,9 @@ def build_tokenizer(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
     return tokenizer_lib.Tokenizer.load(directory)
 
 
-def build_models(config, tokenizer) -> dict:
-    """The two-tower CLIP and the image classifier sharing its image tower's layout."""
+def build_models(config, tokenizer, *, num_classes: int) -> dict:
+    """The two-tower CLIP and the `num_classes`-way image classifier sharing its image tower's
+    layout."""
     model = config.model
     image = dict(model.img, image_size=config.data.image_size, dtype_mm=model.dtype)
     text = dict(model.txt, vocab_size=tokenizer.vocab_size,
@@ -67,7 +63,7 @@ def build_models(config, tokenizer) -> dict:
     return {
         "clip": two_towers.Model(image=image, text=text, out_dim=model.embed_dim),
         "classifier": classifier.Model(img=dict(image, proj_dim=model.embed_dim),
-                                       num_classes=len(world.CLASSES)),
+                                       num_classes=num_classes),
     }
 
 
@@ -106,39 +102,44 @@ def initial_clip(config, models):
                      "'wls'); CLIP stages start from 'scratch', 'hf_clip' or 'orbax'.")
 
 
-def _eval_batches(config, domain, mesh):
-    data = config.data
-    source = world.WorldSource(split="test", domains=(domain,),
-                               examples_per_domain=data.eval_examples_per_domain,
-                               image_size=data.image_size, seed=config.seed)
-    operations = [*methods.image_operations(data, train=False),
-                  transforms.SelectKeys(("image", "label", pipeline.MASK_KEY))]
-    for batch in pipeline.eval_batches(source, batch_size=config.eval.batch_size,
-                                       operations=operations):
-        yield sharding.put_batch(mesh, batch)
+def make_evaluator(config, mesh, task, classifier_model):
+    """(classifier_params, *, method, alpha, seed) -> report records: top-1/top-5 on every eval
+    set of `task` (ID first), each scored through its logits transform. The jitted counts are
+    built once per distinct transform and reused for every call."""
+    counts_fns = {}
+    for eval_set in task.eval_sets:
+        if eval_set.logits_transform not in counts_fns:
+            counts_fns[eval_set.logits_transform] = zero_shot.jit_counts(
+                classifier_model, eval_set.logits_transform)
+
+    def batches(eval_set):
+        for batch in pipeline.eval_batches(eval_set.source, batch_size=config.eval.batch_size,
+                                           operations=eval_set.operations,
+                                           worker_count=task.eval_worker_count):
+            yield sharding.put_batch(mesh, batch)
+
+    def evaluate(classifier_params, *, method, alpha, seed):
+        records = []
+        for eval_set in task.eval_sets:
+            accuracy = zero_shot.accuracy(counts_fns[eval_set.logits_transform],
+                                          classifier_params, batches(eval_set))
+            records += [dict(method=method, alpha=float(alpha), dataset=eval_set.name,
+                             metric=metric, seed=seed, value=value, kind=eval_set.kind)
+                        for metric, value in accuracy.items()]
+        return records
+
+    return evaluate
 
 
-def _accuracy_records(config, mesh, counts_fn, classifier_params, *, method, alpha, seed):
-    """Report records: top-1/top-5 of a classifier on the ID and every OOD domain."""
-    records = []
-    domains = [(config.data.id_domain, "id")] + [(d, "ood") for d in config.data.ood_domains]
-    for domain, kind in domains:
-        accuracy = zero_shot.accuracy(counts_fn, classifier_params,
-                                      _eval_batches(config, domain, mesh))
-        records += [dict(method=method, alpha=float(alpha), dataset=domain, metric=metric,
-                         seed=seed, value=value, kind=kind) for metric, value in accuracy.items()]
-    return records
-
-
-def wise_ft_sweep(config, mesh, models, head_fn, pretrained, fine_tuned, *, method, seed):
+def wise_ft_sweep(config, evaluate, head_fn, pretrained, fine_tuned, *, method, seed):
     """Records of `interpolate(theta0, theta1, alpha)` for every alpha in `config.eval.alphas`.
 
     theta0 is the pretrained CLIP's image tower with its zero-shot head. A fine-tuned classifier
     (FT, LP, LP-FT) is theta1 as it is; a fine-tuned CLIP (FLYP) is interpolated whole, both
     towers and the temperature, and the head is rebuilt from the interpolated text tower. alpha
     is traced: the interpolation and the evaluation each compile once for the whole sweep.
+    `evaluate` is `make_evaluator`'s.
     """
-    counts_fn = zero_shot.jit_counts(models["classifier"])
     if "txt" in fine_tuned:
         mix = jax.jit(lambda alpha: _as_classifier(
             interpolate.interpolate(pretrained, fine_tuned, alpha), head_fn))
@@ -147,8 +148,7 @@ def wise_ft_sweep(config, mesh, models, head_fn, pretrained, fine_tuned, *, meth
         mix = jax.jit(lambda alpha: interpolate.interpolate(theta0, fine_tuned, alpha))
     records = []
     for alpha in config.eval.alphas:
-        records += _accuracy_records(config, mesh, counts_fn, mix(alpha), method=method,
-                                     alpha=alpha, seed=seed)
+        records += evaluate(mix(alpha), method=method, alpha=alpha, seed=seed)
     return records
 
 
@@ -169,12 +169,14 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     that pretraining produced, and reported under its stage name.
     """
     tokenizer = build_tokenizer(config, workdir)
-    models, pretrained = initial_clip(config, build_models(config, tokenizer))
+    task = tasks.build(config.data, seed=config.seed)
+    models, pretrained = initial_clip(config, build_models(
+        config, tokenizer, num_classes=len(task.class_names)))
     class_tokens = jnp.asarray(zero_shot.class_prompt_tokens(
-        tokenizer, world.CLASSES, templates_lib.get_templates(config.eval.templates)))
+        tokenizer, task.class_names, templates_lib.get_templates(config.eval.templates)))
     head_fn = jax.jit(lambda clip_params: zero_shot.zero_shot_head(models["clip"], clip_params,
                                                                    class_tokens))
-    counts_fn = zero_shot.jit_counts(models["classifier"])
+    evaluate = make_evaluator(config, mesh, task, models["classifier"])
     records = []
     for seed in range(config.seed, config.seed + config.num_seeds):
         outputs = {}
@@ -194,7 +196,7 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
             templates = templates_lib.get_templates(stage_config.get("templates", "simple"))
             method = methods.build(method_name, stage_config=stage_config, config=config,
                                    tokenizer=tokenizer, models=models,
-                                   class_names=world.CLASSES, templates=templates)
+                                   task=task, templates=templates)
             if params is None:
                 params = method.init_params(mesh, seed)
             stage_seed = config.seed if method_name == "pretrain" else seed
@@ -207,10 +209,9 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
             if method_name == "pretrain":
                 pretrained = outputs[name]
             else:
-                records += wise_ft_sweep(config, mesh, models, head_fn, pretrained,
-                                         outputs[name], method=name, seed=seed)
+                records += wise_ft_sweep(config, evaluate, head_fn, pretrained, outputs[name],
+                                         method=name, seed=seed)
         if seed == config.seed:
-            records += _accuracy_records(config, mesh, counts_fn,
-                                         _as_classifier(pretrained, head_fn), method=ZERO_SHOT,
-                                         alpha=0.0, seed=seed)
+            records += evaluate(_as_classifier(pretrained, head_fn), method=ZERO_SHOT,
+                                alpha=0.0, seed=seed)
     return records

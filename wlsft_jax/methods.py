@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wlsft_jax import objectives, sharding
-from wlsft_jax.data import transforms, world
+from wlsft_jax.data import transforms
 
 CONTRASTIVE_METHODS = ("pretrain", "flyp")
 CLASSIFIER_METHODS = ("ft", "lp")
@@ -76,60 +76,47 @@ def classification_loss(model, params, batch, rng):
     return loss, {"accuracy": jnp.mean(correct)}
 
 
-def image_operations(data_config, *, train: bool):
-    """uint8 world image -> augmented (train) and normalised float32."""
-    operations = []
-    if train:
-        operations.append(transforms.RandomResizedCrop(size=data_config.image_size,
-                                                       scale=tuple(data_config.crop_scale)))
-        if data_config.flip:
-            operations.append(transforms.RandomHorizontalFlip())
-    operations.append(transforms.Normalize(mean=tuple(data_config.mean),
-                                           std=tuple(data_config.std)))
-    return operations
-
-
-def build(method_name, *, stage_config, config, tokenizer, models, class_names, templates):
-    """The `Method` of a stage. `models` holds the built "clip" and "classifier" modules (and
-    "wls", a `models.wls.Model`, for the `wls` method)."""
+def build(method_name, *, stage_config, config, tokenizer, models, task, templates):
+    """The `Method` of a stage, reading its data from `task` (`data.tasks.Task`). `models` holds
+    the built "clip" and "classifier" modules (and "wls", a `models.wls.Model`, for `wls`)."""
     data = config.data
     batch = stage_config.batch_size // stage_config.accum_steps
     images = jnp.zeros((batch, data.image_size, data.image_size, 3), jnp.float32)
     tokens = jnp.zeros((batch, tokenizer.context_length), jnp.int32)
     keep = transforms.SelectKeys
+    image_operations = list(task.train_operations)
     if method_name in WLS_METHODS:
-        source = world.WorldSource(split="train", domains=(data.id_domain,),
-                                   examples_per_domain=data.train_examples_per_domain,
-                                   image_size=data.image_size, seed=config.seed)
         return Method(
             name=method_name, model=models["wls"], example_inputs=(images, tokens),
-            loss_fn=contrastive_loss, train_source=source,
-            train_operations=[*image_operations(data, train=True),
-                              transforms.Tokenize(tokenizer), keep(("image", "tokens"))],
+            loss_fn=contrastive_loss, train_source=_captions(task.caption_source, method_name),
+            train_operations=[*image_operations, transforms.Tokenize(tokenizer),
+                              keep(("image", "tokens"))],
             worker_count=data.worker_count)
     if method_name in CONTRASTIVE_METHODS:
         if method_name == "pretrain":
-            source = world.WorldSource(split="train", domains=tuple(data.pretrain_domains),
-                                       examples_per_domain=data.train_examples_per_domain,
-                                       image_size=data.image_size, seed=config.seed)
+            source = _captions(task.pretrain_source, method_name)
             text_operations = [transforms.Tokenize(tokenizer)]
         else:
-            source = world.WorldSource(split="train", domains=(data.id_domain,),
-                                       examples_per_domain=data.train_examples_per_domain,
-                                       image_size=data.image_size, seed=config.seed)
-            text_operations = [transforms.ClassPrompts(tokenizer, tuple(class_names),
+            source = task.train_source
+            text_operations = [transforms.ClassPrompts(tokenizer, tuple(task.class_names),
                                                        tuple(templates))]
         return Method(
             name=method_name, model=models["clip"], example_inputs=(images, tokens),
             loss_fn=contrastive_loss, train_source=source,
-            train_operations=[*image_operations(data, train=True), *text_operations,
-                              keep(("image", "tokens"))],
+            train_operations=[*image_operations, *text_operations, keep(("image", "tokens"))],
             worker_count=data.worker_count)
-    source = world.WorldSource(split="train", domains=(data.id_domain,),
-                               examples_per_domain=data.train_examples_per_domain,
-                               image_size=data.image_size, seed=config.seed)
     return Method(
         name=method_name, model=models["classifier"], example_inputs=(images,),
-        loss_fn=classification_loss, train_source=source,
-        train_operations=[*image_operations(data, train=True), keep(("image", "label"))],
+        loss_fn=classification_loss, train_source=task.train_source,
+        train_operations=[*image_operations, keep(("image", "label"))],
         worker_count=data.worker_count)
+
+
+def _captions(source, method_name):
+    """`source` of image-caption pairs, or a ValueError: only the embedded world has them."""
+    if source is None:
+        raise ValueError(f"Method {method_name!r} trains on image-caption pairs, which only "
+                         "data.source='world' provides (with data.pretrain_domains for "
+                         "'pretrain'); on real data start from pretrained weights "
+                         "(init.format='hf_clip') and fine-tune with 'ft', 'lp' or 'flyp'.")
+    return source

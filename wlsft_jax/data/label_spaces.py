@@ -46,14 +46,17 @@ def restrict_logits(logits, class_ids: Sequence[int]):
 
 def pool_logits(logits, class_groups: Sequence[Sequence[int]]):
     """logits[..., 1000] -> logits[..., len(class_groups)]: for each group (a target class), the
-    largest logit over its ImageNet classes (ObjectNet's 113 classes from ImageNet's 1000)."""
+    largest logit over its ImageNet classes (ObjectNet's 113 classes from ImageNet's 1000).
+    Works on numpy and (traced) jax arrays alike: one gather, then a max."""
     if not class_groups or any(len(group) == 0 for group in class_groups):
         raise ValueError("Every target class needs at least one ImageNet class id; got "
                          f"{[list(group) for group in class_groups][:5]}...")
     for group in class_groups:
         _check_class_ids(logits, group)
-    return np.stack([np.max(np.asarray(logits)[..., np.asarray(group)], axis=-1)
-                     for group in class_groups], axis=-1)
+    # Groups padded to one width by repeating their first id (a repeat leaves the max as it is).
+    width = max(len(group) for group in class_groups)
+    index = np.asarray([[*group, *[group[0]] * (width - len(group))] for group in class_groups])
+    return logits[..., index].max(axis=-1)
 
 
 def _check_class_ids(logits, class_ids: Sequence[int]) -> None:

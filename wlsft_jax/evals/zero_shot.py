@@ -37,14 +37,18 @@ def topk_correct(logits, labels, mask, ks=(1, 5)) -> dict:
     return {f"top{k}": jnp.sum((ranks < k) & mask) for k in ks if k <= logits.shape[1]}
 
 
-def jit_counts(classifier_model):
+def jit_counts(classifier_model, logits_transform=None):
     """Jitted (params, batch) -> counts of top-1/top-5 hits and of examples, over unmasked rows.
 
-    The counts are replicated scalars, so summing them on the host works on any mesh and host.
+    `logits_transform` maps the classifier's logits onto the eval set's classes first (e.g.
+    `label_spaces.restrict_logits` for ImageNet-R); None keeps them. The counts are replicated
+    scalars, so summing them on the host works on any mesh and host.
     """
 
     def counts(params, batch):
         logits, _ = classifier_model.apply({"params": params}, batch["image"])
+        if logits_transform is not None:
+            logits = logits_transform(logits)
         return dict(topk_correct(logits, batch["label"], batch["mask"]),
                     count=jnp.sum(batch["mask"]))
 

@@ -1,0 +1,229 @@
+"""The data of one experiment (a "task"): class names, ID training data, and the ID / OOD eval sets.
+
+`build(config.data, seed=...)` reads `data.source`:
+- "world": the embedded world (uint8 images rendered on the fly). ID = `data.id_domain`, OOD =
+  each of `data.ood_domains`; pretraining reads the captions of `data.pretrain_domains`.
+- "real": datasets by name (`sources.get_source`) from `data.data_dir` or $TFDS_DATA_DIR.
+  `data.id_domain` is trained on its train split and evaluated on its held-out split (`SPLITS`),
+  each of `data.ood_domains` on its evaluation split; `data.label_space` (e.g. "cifar_stl") reads
+  them all in a shared label space. Encoded images go through the dataset's decode operations,
+  then a random resized crop (train) or a resize (eval) to `data.image_size`. An OOD set whose
+  classes are a subset (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored through
+  a logits transform onto its own classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import grain.python as grain
+import numpy as np
+
+from wlsft_jax.data import label_spaces, pipeline, sources, transforms, world
+
+SOURCES = ("world", "real")
+ID, OOD = "id", "ood"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSplits:
+    """The splits a real dataset is read from in each role (None: it cannot play that role)."""
+    train: str | None  # Trained on, as the ID dataset.
+    id_eval: str | None  # Held-out ID evaluation.
+    ood_eval: str | None  # Evaluated as an OOD dataset.
+
+
+# Keyed by the dataset's base name ("domainnet" for "domainnet/sketch"). WILDS's own scheme:
+# train / id_test in distribution, test out of distribution.
+SPLITS = {
+    "imagenet2012": DatasetSplits("train", "validation", None),
+    "imagenet_v2": DatasetSplits(None, None, "test"),
+    "imagenet_r": DatasetSplits(None, None, "test"),
+    "imagenet_a": DatasetSplits(None, None, "test"),
+    "imagenet_sketch": DatasetSplits(None, None, "test"),
+    "objectnet": DatasetSplits(None, None, "test"),
+    "cifar10": DatasetSplits("train", "test", "test"),
+    "cifar10_1": DatasetSplits(None, None, "test"),
+    "stl10": DatasetSplits("train", "test", "test"),
+    "domainnet": DatasetSplits("train", "test", "test"),
+    "iwildcam": DatasetSplits("train", "id_test", "test"),
+    "fmow": DatasetSplits("train", "id_test", "test"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: its records, their operations (ending in image/label/mask), and the
+    transform from the classifier's logits onto this set's classes (None: the same classes)."""
+    name: str
+    kind: str  # ID or OOD.
+    source: Any  # A grain RandomAccessDataSource.
+    operations: tuple[grain.Transformation, ...]
+    num_classes: int
+    logits_transform: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything the methods and the evaluation read from the data.
+
+    train_operations turn an ID training record into a normalised float32 `image` (the methods add
+    their text operations and key selection). pretrain_source and caption_source (ID training
+    images with captions) exist for the embedded world only.
+    """
+    class_names: tuple[str, ...]
+    train_source: Any
+    train_operations: tuple[grain.Transformation, ...]
+    eval_sets: tuple[EvalSet, ...]
+    eval_worker_count: int
+    pretrain_source: Any = None
+    caption_source: Any = None
+
+
+def check_names(data) -> None:
+    """Unknown sources, domains or datasets are errors listing the valid ones (reads no data)."""
+    if data.source not in SOURCES:
+        raise ValueError(f"Unknown data.source {data.source!r}; valid choices: {list(SOURCES)}.")
+    named = {"data.id_domain": (data.id_domain,), "data.ood_domains": tuple(data.ood_domains)}
+    if data.source == "world":
+        named["data.pretrain_domains"] = tuple(data.pretrain_domains)
+        for key, domains in named.items():
+            unknown = [d for d in domains if d not in world.DOMAINS]
+            if unknown:
+                raise ValueError(f"Unknown domain(s) {unknown} in {key}; valid domains of the "
+                                 f"embedded world: {list(world.DOMAINS)}.")
+        for key in ("data_dir", "label_space"):
+            if data[key] is not None:
+                raise ValueError(f"data.{key}={data[key]!r} applies to data.source='real' only; "
+                                 "the embedded world reads no files.")
+        return
+    if tuple(data.pretrain_domains):
+        raise ValueError(f"data.pretrain_domains={tuple(data.pretrain_domains)} names world "
+                         "domains; real data has no pretraining captions, leave it empty.")
+    roles = {"data.id_domain": ("train", "id_eval"), "data.ood_domains": ("ood_eval",)}
+    for key, domains in named.items():
+        for name in domains:
+            splits = SPLITS.get(name.partition("/")[0])
+            if splits is None or any(getattr(splits, role) is None for role in roles[key]):
+                valid = [n for n, s in SPLITS.items()
+                         if all(getattr(s, role) is not None for role in roles[key])]
+                raise ValueError(f"Dataset {name!r} in {key} is not supported there; valid "
+                                 f"datasets: {valid} (DomainNet as 'domainnet/<domain>').")
+
+
+def build(data, *, seed: int) -> Task:
+    """The task of `data` (a config's `data` section); `seed` seeds the world's rendering."""
+    check_names(data)
+    if data.source == "world":
+        return _world_task(data, seed)
+    return _real_task(data)
+
+
+def _augment(data) -> list[grain.Transformation]:
+    """uint8 image -> random resized crop (+ flip), normalised float32 (the training view)."""
+    operations = [transforms.RandomResizedCrop(size=data.image_size, scale=tuple(data.crop_scale))]
+    if data.flip:
+        operations.append(transforms.RandomHorizontalFlip())
+    return [*operations, _normalize(data)]
+
+
+def _normalize(data) -> transforms.Normalize:
+    return transforms.Normalize(mean=tuple(data.mean), std=tuple(data.std))
+
+
+_EVAL_KEYS = transforms.SelectKeys(("image", "label", pipeline.MASK_KEY))
+
+
+def _world_task(data, seed: int) -> Task:
+    def source(split, domains, examples_per_domain):
+        return world.WorldSource(split=split, domains=domains,
+                                 examples_per_domain=examples_per_domain,
+                                 image_size=data.image_size, seed=seed)
+
+    train = source("train", (data.id_domain,), data.train_examples_per_domain)
+    pretrain_domains = tuple(data.pretrain_domains)
+    eval_operations = (_normalize(data), _EVAL_KEYS)
+    eval_sets = tuple(
+        EvalSet(name=domain, kind=kind, operations=eval_operations, num_classes=len(world.CLASSES),
+                source=source("test", (domain,), data.eval_examples_per_domain))
+        for domain, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]])
+    return Task(class_names=tuple(world.CLASSES), train_source=train,
+                train_operations=tuple(_augment(data)), eval_sets=eval_sets, eval_worker_count=0,
+                pretrain_source=source("train", pretrain_domains, data.train_examples_per_domain)
+                if pretrain_domains else None,
+                caption_source=train)
+
+
+def _real_task(data) -> Task:
+    options = {} if data.label_space is None else {"label_space": data.label_space}
+
+    def read(name, role, limit):
+        split = getattr(SPLITS[name.partition("/")[0]], role)
+        source, info = sources.get_source(name, split=split, data_dir=data.data_dir, **options)
+        return (source if limit is None else EvenlySpaced(source, limit)), info
+
+    train, train_info = read(data.id_domain, "train", data.train_examples_per_domain)
+    class_names = train_info.class_names
+    eval_sets = []
+    for name, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]]:
+        source, info = read(name, "id_eval" if kind == ID else "ood_eval",
+                            data.eval_examples_per_domain)
+        transform = logits_transform(info)
+        _check_classes(name, info, transform, class_names)
+        operations = (*info.decode_operations, transforms.Resize(data.image_size),
+                      _normalize(data), _EVAL_KEYS)
+        eval_sets.append(EvalSet(name=name, kind=kind, source=source, operations=operations,
+                                 num_classes=info.num_classes, logits_transform=transform))
+    return Task(class_names=class_names, train_source=train,
+                train_operations=(*train_info.decode_operations, *_augment(data)),
+                eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count)
+
+
+def logits_transform(info) -> Callable | None:
+    """The map from ImageNet-1k logits onto a set's classes (None: its labels are the ID ones)."""
+    if info.label_subset is not None:
+        return functools.partial(label_spaces.restrict_logits, class_ids=info.label_subset)
+    if info.imagenet_class_groups is not None:
+        return functools.partial(label_spaces.pool_logits,
+                                 class_groups=info.imagenet_class_groups)
+    return None
+
+
+def _check_classes(name, info, transform, id_class_names) -> None:
+    """Raises ValueError unless the classifier's logits give the set's classes: the same classes
+    in the same order, or (transformed) as many as the set has."""
+    logits = np.zeros((1, len(id_class_names)), np.float32)
+    try:
+        num_classes = (logits if transform is None else transform(logits)).shape[-1]
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    same = num_classes == info.num_classes and (
+        transform is not None or tuple(info.class_names) == tuple(id_class_names))
+    if not same:
+        raise ValueError(f"{name}'s {info.num_classes} classes are not the ID classifier's "
+                         f"{len(id_class_names)} classes, and there is no map between them; "
+                         f"pick OOD datasets in the ID label space, or a shared "
+                         f"data.label_space (e.g. '{sources.CIFAR_STL}' for CIFAR-10 -> STL-10).")
+
+
+class EvenlySpaced(grain.RandomAccessDataSource):
+    """`size` records of `source`, evenly spaced over it (a capped set keeps every class)."""
+
+    def __init__(self, source, size: int):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"A record limit must be a positive integer (or None: all), got "
+                             f"{size!r}.")
+        self._source = source
+        self._keys = np.unique(np.linspace(0, len(source) - 1, min(size, len(source)),
+                                           dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index: int):
+        return self._source[int(self._keys[index])]
+
+    def __repr__(self) -> str:
+        return f"EvenlySpaced({self._source!r}, size={len(self)})"
