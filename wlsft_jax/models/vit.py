@@ -149,6 +149,23 @@ def dense(features: int, axes: tuple, dtype, name: str, use_bias: bool = True,
                     bias_init=partitioned(nn.initializers.normal(1e-6), axes[-1]))
 
 
+def dot_product_attention(query, key, value, *, causal: bool):
+    """softmax(q k^T / sqrt(head_dim)) v over [B, L, heads, head_dim] inputs.
+
+    Written out rather than `jax.nn.dot_product_attention`, whose XLA path differentiates a
+    hand-made exp/sum softmax: `jax.nn.softmax`'s own derivative and the scale folded into the
+    queries make the training step ~4 % faster on CPU (benchmarks/train_step.py). Logits and
+    softmax are float32 whatever the matmul dtype.
+    """
+    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+    logits = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
+    if causal:
+        visible = jnp.tril(jnp.ones(logits.shape[-2:], bool))  # Query i sees keys 0..i.
+        logits = jnp.where(visible, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.einsum("bnqk,bknh->bqnh", probs, value)
+
+
 class Attention(nn.Module):
     """Multi-head dot-product attention with one fused qkv projection.
 
@@ -173,7 +190,7 @@ class Attention(nn.Module):
         if inputs_kv is not None:
             qkv = qkv_proj(inputs_kv)
         key, value = qkv[:, :, 1], qkv[:, :, 2]
-        attended = jax.nn.dot_product_attention(query, key, value, is_causal=self.causal)
+        attended = dot_product_attention(query, key, value, causal=self.causal)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype_mm, name="out",
             kernel_init=partitioned(nn.initializers.xavier_uniform(), "heads", "kv", "embed"),
