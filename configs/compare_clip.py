@@ -22,6 +22,7 @@ def get_config(arg=None):
         flyp=recipes.stage("flyp", input="pretrain", templates="simple",
                            optim=dict(lr=1e-4, wd=0.1, warmup_steps=15), steps=150),
     )
+    config.model.img.variant = "mu/4"  # The patch-4 model these results were measured with.
     config.lp.steps = 150
     config.num_seeds = 3
     config.data.eval_examples_per_domain = 500

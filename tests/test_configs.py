@@ -78,14 +78,15 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("ft.method", "finetune", r"'finetune'; valid choices: \['pretrain', 'ft', 'lp', 'flyp'\]"),
+    ("ft.method", "finetune", r"'finetune'; valid choices: \['pretrain', 'ft', 'lp', 'flyp', "
+                              r"'supervised', 'wls'\]"),
     ("ft.optim.optimizer", "adam", r"'adam'; valid optimizers: \('adamw', 'sgd'\)"),
     ("ft.optim.decay", "step", r"'step'; valid decays: \('cosine'"),
     ("ft.optim.schedule", [(".*", {"lr_mul": 2.0})],
      r"unknown settings \['lr_mul'\]; valid settings: \('lr_mult', 'wd_mult'\)"),
     ("ft.optim.warmup_steps", 250, "warmup_steps < total_steps"),
     ("ft.templates", "fancy", r"'fancy'; valid choices: \['simple', 'openai_imagenet'\]"),
-    ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe'\]"),
+    ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe', 'hf_json'\]"),
     ("data.source", "laion", r"'laion'; valid choices: \['world', 'real'\]"),
     ("init.format", "pytorch", r"'pytorch'; valid choices: \['scratch', 'orbax'"),
     ("eval.templates", "none", r"'none'; valid choices"),

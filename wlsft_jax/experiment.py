@@ -10,7 +10,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -24,6 +23,13 @@ from wlsft_jax.models import classifier, two_towers
 ZERO_SHOT = "zeroshot"
 
 
+def report_metric(config) -> str:
+    """The metric the report tabulates: top-1, or for WLS the k-NN top-1 at eval.knn_report_k."""
+    if config[config.stages[-1]].method in methods.WLS_METHODS:
+        return f"knn{config.eval.knn_report_k}_top1"
+    return "top1"
+
+
 def check_names(config) -> None:
     """Unknown domains / datasets are errors that list the valid ones (before anything is
     compiled or read)."""
@@ -35,8 +41,13 @@ def check_names(config) -> None:
 
 
 def build_tokenizer(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
-    """CLIP's BPE from the user's files, or the world's word-level tokenizer (kept in workdir)."""
+    """CLIP's BPE from the user's files, a text encoder's own tokenizer.json ("hf_json"), or the
+    world's word-level tokenizer (kept in workdir)."""
     settings = config.tokenizer
+    if settings.kind == "hf_json":
+        return tokenizer_lib.from_tokenizer_json(
+            epath.Path(config.text_encoder.path) / "tokenizer.json",
+            context_length=settings.context_length)
     if settings.kind == "clip_bpe":  # Default: the files beside a Hugging Face CLIP checkpoint.
         folder = epath.Path(config.init.path or ".")
         return tokenizer_lib.clip_bpe(settings.vocab_path or folder / "vocab.json",
@@ -156,7 +167,8 @@ def _as_classifier(clip_params, head_fn):
     return {"img": clip_params["img"], "head": head_fn(clip_params)}
 
 
-def _stage_workdir(workdir, name, seed, config):
+def stage_workdir(workdir, name, seed, config):
+    """Where stage `name` of `seed` trains: <workdir>/<name>[/seed<seed> with several seeds]."""
     return workdir / name if config.num_seeds == 1 else workdir / name / f"seed{seed}"
 
 
@@ -166,8 +178,12 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     Pretraining stages run once (seed `config.seed`); fine-tuning stages run for each of
     `config.num_seeds` seeds. Each stage starts from the output of `input` (default: the stage
     before it); every fine-tuning stage is then swept over WiSE-FT's alphas against the CLIP
-    that pretraining produced, and reported under its stage name.
+    that pretraining produced, and reported under its stage name. A config whose last stage is
+    `wls` runs `wls_experiment.run` instead (k-NN across adapter alphas).
     """
+    if config[config.stages[-1]].method in methods.WLS_METHODS:
+        from wlsft_jax import wls_experiment  # It builds on this module.
+        return wls_experiment.run(config, workdir=workdir, mesh=mesh, writer=writer)
     tokenizer = build_tokenizer(config, workdir)
     task = tasks.build(config.data, seed=config.seed)
     models, pretrained = initial_clip(config, build_models(
@@ -204,7 +220,7 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                          stage_config.steps)
             outputs[name] = train.run(
                 name=name, stage_config=stage_config, method=method, init_params=params,
-                mesh=mesh, workdir=_stage_workdir(workdir, name, stage_seed, config),
+                mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
                 seed=stage_seed, writer=writer)
             if method_name == "pretrain":
                 pretrained = outputs[name]

@@ -79,8 +79,13 @@ def main(argv):
 
     records = experiment.run(config, workdir=workdir, mesh=mesh, writer=writer)
     if is_main_process:
+        metric = experiment.report_metric(config)
         table = report.write_report(records, workdir / "report", id_dataset=config.data.id_domain,
-                                    ood_datasets=config.data.ood_domains, writer=writer)
+                                    ood_datasets=config.data.ood_domains, metric=metric,
+                                    writer=writer)
+        report.plot_metric_vs_alpha(records, workdir / "report" / f"{metric}_vs_alpha.png",
+                                    id_dataset=config.data.id_domain,
+                                    ood_datasets=config.data.ood_domains, metric=metric)
         print(table)
     writer.close()
 

@@ -9,6 +9,9 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 - `ft`, `lp`: image tower + linear head on L2-normalised features, cross-entropy on ID labels;
               the head starts as the zero-shot classifier (WiSE-FT). `lp` differs only by its
               schedule, which freezes everything but `head/...`; LP-FT is `lp` then `ft`.
+- `supervised`: an image classifier trained from scratch by cross-entropy on the records'
+              `label_key` ("label": the shape, "domain": the visual domain) over every
+              pretraining domain: the embedded stand-in for a vision-only pretrained encoder.
 - `wls`:      weak language supervision: the CLIP loss on (ID image, its caption) pairs between
               a vision encoder with adapters, projected into a text encoder's space, and that
               text encoder (`models.wls`); its schedule trains only adapters and projection
@@ -17,19 +20,20 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from wlsft_jax import objectives, sharding
-from wlsft_jax.data import transforms
+from wlsft_jax.data import transforms, world
 
 CONTRASTIVE_METHODS = ("pretrain", "flyp")
 CLASSIFIER_METHODS = ("ft", "lp")
+SUPERVISED_METHODS = ("supervised",)
 WLS_METHODS = ("wls",)
 # WLS trains the adapters and the image projection; the encoders (and temperature) stay frozen.
 WLS_SCHEDULE = ((r"img/.*/(film|replay|lora)/.*", {}), ("img/proj/.*", {}), (".*", None))
@@ -69,10 +73,18 @@ def contrastive_loss(model, params, batch, rng):
     return loss, dict(metrics, temperature=out["temperature"])
 
 
-def classification_loss(model, params, batch, rng):
+def label_names(label_key: str, task) -> tuple[str, ...]:
+    """The class names of the records' `label_key` ("label" or "domain")."""
+    names = {"label": tuple(task.class_names), "domain": world.DOMAINS}
+    if label_key not in names:
+        raise ValueError(f"Unknown label_key {label_key!r}; valid label keys: {list(names)}.")
+    return names[label_key]
+
+
+def classification_loss(model, params, batch, rng, label_key="label"):
     del rng
     logits, _ = model.apply({"params": params}, batch["image"])
-    loss, correct = objectives.softmax_xent(logits, batch["label"])
+    loss, correct = objectives.softmax_xent(logits, batch[label_key])
     return loss, {"accuracy": jnp.mean(correct)}
 
 
@@ -89,8 +101,17 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
         return Method(
             name=method_name, model=models["wls"], example_inputs=(images, tokens),
             loss_fn=contrastive_loss, train_source=_captions(task.caption_source, method_name),
-            train_operations=[*image_operations, transforms.Tokenize(tokenizer),
+            train_operations=[*task.caption_operations, transforms.Tokenize(tokenizer),
                               keep(("image", "tokens"))],
+            worker_count=data.worker_count)
+    if method_name in SUPERVISED_METHODS:
+        label_key = stage_config.get("label_key", "label")
+        label_names(label_key, task)
+        return Method(
+            name=method_name, model=models["classifier"], example_inputs=(images,),
+            loss_fn=functools.partial(classification_loss, label_key=label_key),
+            train_source=_captions(task.pretrain_source, method_name),
+            train_operations=[*image_operations, keep(("image", label_key))],
             worker_count=data.worker_count)
     if method_name in CONTRASTIVE_METHODS:
         if method_name == "pretrain":
@@ -113,10 +134,11 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
 
 
 def _captions(source, method_name):
-    """`source` of image-caption pairs, or a ValueError: only the embedded world has them."""
+    """`source`, or a ValueError when the data has none for `method_name`."""
     if source is None:
-        raise ValueError(f"Method {method_name!r} trains on image-caption pairs, which only "
-                         "data.source='world' provides (with data.pretrain_domains for "
-                         "'pretrain'); on real data start from pretrained weights "
-                         "(init.format='hf_clip') and fine-tune with 'ft', 'lp' or 'flyp'.")
+        raise ValueError(f"Method {method_name!r} has no training data here: 'pretrain' and "
+                         "'supervised' read the embedded world's data.pretrain_domains, 'wls' "
+                         "the world's captions or data.captions; on real data start from "
+                         "pretrained weights (init.format='hf_clip' / 'hf_vit') and fine-tune "
+                         "with 'ft', 'lp', 'flyp' or 'wls'.")
     return source

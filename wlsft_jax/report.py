@@ -428,3 +428,40 @@ def _report_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def plot_metric_vs_alpha(
+    records: Iterable[Mapping[str, Any]],
+    path,
+    *,
+    id_dataset: str,
+    ood_datasets: Sequence[str],
+    metric: str = "top1",
+) -> None:
+    """`metric` against alpha for each method: ID (solid), average OOD (dashed) and each OOD
+    dataset (thin), seed means; the weak-language-supervision figure of k-NN accuracy versus
+    adapter alpha, and WiSE-FT's curves read along alpha."""
+    rows = _build_rows(_unique_records(records), id_dataset=id_dataset,
+                       ood_datasets=list(ood_datasets), metric=metric)
+    figure = Figure(figsize=(6.5, 5.0))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for method in sorted({row.method for row in rows}):
+        curve = sorted((row for row in rows if row.method == method), key=lambda row: row.alpha)
+        alphas = [row.alpha for row in curve]
+        (drawn,) = ax.plot(alphas, [row.mean(id_dataset) for row in curve], "o-",
+                           label=f"{method}: ID ({id_dataset})")
+        ax.plot(alphas, [row.mean(AVG_OOD) for row in curve], "s--", color=drawn.get_color(),
+                label=f"{method}: average OOD")
+        for dataset in ood_datasets:
+            ax.plot(alphas, [row.mean(dataset) for row in curve], "-", lw=0.7, alpha=0.5,
+                    color=drawn.get_color())
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("alpha (0: pretrained, 1: tuned)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs alpha (thin: each OOD dataset)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    with epath.Path(path).open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)

@@ -6,7 +6,6 @@ how is the stage's optimizer config (`wlsft_jax.optim`, regex schedule with `Non
 """
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -18,6 +17,7 @@ from clu import periodic_actions
 
 from wlsft_jax import checkpoint, optim, sharding
 from wlsft_jax.data import pipeline
+from wlsft_jax.models import overview
 
 
 class NonFiniteLossError(RuntimeError):
@@ -91,6 +91,8 @@ def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer)
     sharding.check_global_batch_size(mesh, batch_size // accum_steps)
 
     # --- Optimizer and sharded state -------------------------------------------------------
+    if jax.process_index() == 0:
+        overview.log_param_counts(init_params, name=name)
     tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
     frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
     param_shardings = method.param_shardings(mesh)

@@ -10,6 +10,8 @@
   then a random resized crop (train) or a resize (eval) to `data.image_size`. An OOD set whose
   classes are a subset (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored through
   a logits transform onto its own classes.
+`data.captions` (imagenet_20k / cc_20k / coco_10k, read from `data.captions_path`) replaces the
+caption pairs of weak language supervision, which are otherwise the world's ID training records.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any
 import grain.python as grain
 import numpy as np
 
-from wlsft_jax.data import label_spaces, pipeline, sources, transforms, world
+from wlsft_jax.data import captions, label_spaces, pipeline, sources, transforms, world
 
 SOURCES = ("world", "real")
 ID, OOD = "id", "ood"
@@ -70,16 +72,20 @@ class Task:
     """Everything the methods and the evaluation read from the data.
 
     train_operations turn an ID training record into a normalised float32 `image` (the methods add
-    their text operations and key selection). pretrain_source and caption_source (ID training
-    images with captions) exist for the embedded world only.
+    their text operations and key selection). pretrain_source exists for the embedded world only;
+    caption_source (image-caption pairs for WLS, read through caption_operations) for the world
+    or with data.captions. train_eval_set is the ID training records seen as an eval set
+    (un-augmented): the feature bank of k-NN evaluation.
     """
     class_names: tuple[str, ...]
     train_source: Any
     train_operations: tuple[grain.Transformation, ...]
     eval_sets: tuple[EvalSet, ...]
     eval_worker_count: int
+    train_eval_set: EvalSet | None = None
     pretrain_source: Any = None
     caption_source: Any = None
+    caption_operations: tuple[grain.Transformation, ...] = ()
 
 
 def check_names(data) -> None:
@@ -94,8 +100,8 @@ def check_names(data) -> None:
             if unknown:
                 raise ValueError(f"Unknown domain(s) {unknown} in {key}; valid domains of the "
                                  f"embedded world: {list(world.DOMAINS)}.")
-        for key in ("data_dir", "label_space"):
-            if data[key] is not None:
+        for key in ("data_dir", "label_space", "captions"):
+            if data.get(key) is not None:
                 raise ValueError(f"data.{key}={data[key]!r} applies to data.source='real' only; "
                                  "the embedded world reads no files.")
         return
@@ -116,9 +122,12 @@ def check_names(data) -> None:
 def build(data, *, seed: int) -> Task:
     """The task of `data` (a config's `data` section); `seed` seeds the world's rendering."""
     check_names(data)
-    if data.source == "world":
-        return _world_task(data, seed)
-    return _real_task(data)
+    task = _world_task(data, seed) if data.source == "world" else _real_task(data)
+    if data.get("captions") is None:
+        return task
+    pairs, _ = captions.caption_source(data.captions, path=data.captions_path, seed=seed)
+    return dataclasses.replace(task, caption_source=pairs, caption_operations=(
+        transforms.DecodeImage(), *_augment(data)))
 
 
 def _augment(data) -> list[grain.Transformation]:
@@ -151,9 +160,12 @@ def _world_task(data, seed: int) -> Task:
         for domain, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]])
     return Task(class_names=tuple(world.CLASSES), train_source=train,
                 train_operations=tuple(_augment(data)), eval_sets=eval_sets, eval_worker_count=0,
+                train_eval_set=EvalSet(name=data.id_domain, kind=ID, source=train,
+                                       operations=eval_operations,
+                                       num_classes=len(world.CLASSES)),
                 pretrain_source=source("train", pretrain_domains, data.train_examples_per_domain)
                 if pretrain_domains else None,
-                caption_source=train)
+                caption_source=train, caption_operations=tuple(_augment(data)))
 
 
 def _real_task(data) -> Task:
@@ -176,9 +188,14 @@ def _real_task(data) -> Task:
                       _normalize(data), _EVAL_KEYS)
         eval_sets.append(EvalSet(name=name, kind=kind, source=source, operations=operations,
                                  num_classes=info.num_classes, logits_transform=transform))
+    train_eval_set = EvalSet(
+        name=data.id_domain, kind=ID, source=train, num_classes=train_info.num_classes,
+        operations=(*train_info.decode_operations, transforms.Resize(data.image_size),
+                    _normalize(data), _EVAL_KEYS))
     return Task(class_names=class_names, train_source=train,
                 train_operations=(*train_info.decode_operations, *_augment(data)),
-                eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count)
+                eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count,
+                train_eval_set=train_eval_set)
 
 
 def logits_transform(info) -> Callable | None:

@@ -36,6 +36,24 @@ _BANK_AXIS = "bank"
 _SIMILARITY_BLOCK_BYTES = 128 * 2**20
 
 
+def _bank_mesh() -> Mesh:
+    """The 1-D mesh of all devices that the bank is split over."""
+    return Mesh(np.array(jax.devices()), (_BANK_AXIS,))
+
+
+def _on_bank_mesh(function):
+    """`function` run with the bank mesh as context mesh, so that it also works inside a run's
+    own mesh (which may span other devices)."""
+
+    @functools.wraps(function)
+    def on_bank_mesh(*args, **kwargs):
+        with jax.set_mesh(_bank_mesh()):
+            return function(*args, **kwargs)
+
+    return on_bank_mesh
+
+
+@_on_bank_mesh
 def knn_scores(train_feats, train_labels, test_feats, *, k: int, temperature: float = 0.07,
                num_classes: int, query_chunk_size: int | None = None) -> jax.Array:
     """Class scores float32[num_test, num_classes]: sums of exp(cos / temperature) over the k
@@ -47,6 +65,7 @@ def knn_scores(train_feats, train_labels, test_feats, *, k: int, temperature: fl
     return _weighted_votes(similarities, bank_labels[rows], temperature, num_classes=num_classes)
 
 
+@_on_bank_mesh
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *,
                  ks=DEFAULT_KS, temperature: float = 0.07, num_classes: int,
                  query_chunk_size: int | None = None) -> dict[int, dict[str, float]]:
@@ -76,6 +95,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *,
     return accuracy
 
 
+@_on_bank_mesh
 def nearest_neighbours(train_feats, test_feats, *, k: int,
                        query_chunk_size: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Cosine similarities float32[num_test, k] and train rows int32[num_test, k], best first."""
@@ -87,7 +107,7 @@ def nearest_neighbours(train_feats, test_feats, *, k: int,
 
 def _nearest_neighbours(bank, queries, *, k, query_chunk_size):
     """`nearest_neighbours` on checked inputs: plans the bank layout and query chunks, searches."""
-    mesh = Mesh(np.array(jax.devices()), (_BANK_AXIS,))
+    mesh = _bank_mesh()
     num_bank, num_queries = bank.shape[0], queries.shape[0]
     rows_per_device = -(-num_bank // mesh.size)
     group_size = max(1, math.isqrt(rows_per_device // k))
