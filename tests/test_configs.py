@@ -153,12 +153,10 @@ def test_accum_steps_must_divide_the_batch_size():
         recipes.check_config(config)
 
 
-def _run_main_in_process(tmp_path, monkeypatch, *overrides):
-    """`wlsft_jax.main` in this process (8 CPU devices), flags restored afterwards."""
+def run_main_in_process(argv, monkeypatch):
+    """`wlsft_jax.main` with `argv` in this process (8 CPU devices), flags restored afterwards."""
     from wlsft_jax import main
 
-    argv = ["main", f"--config={REPO}/configs/ft_clip.py", f"--workdir={tmp_path / 'workdir'}",
-            *overrides]
     monkeypatch.setattr(sys, "argv", argv)  # The config flag reads its overrides from here.
     with flagsaver.flagsaver():
         try:
@@ -180,7 +178,8 @@ def _run_main_in_process(tmp_path, monkeypatch, *overrides):
 def test_batch_and_mesh_errors_come_before_anything_runs(tmp_path, monkeypatch, overrides,
                                                          message):
     with pytest.raises(ValueError, match=message):
-        _run_main_in_process(tmp_path, monkeypatch, *overrides)
+        run_main_in_process(["main", f"--config={REPO}/configs/ft_clip.py",
+                             f"--workdir={tmp_path / 'workdir'}", *overrides], monkeypatch)
     assert not (tmp_path / "workdir").exists()
 
 

