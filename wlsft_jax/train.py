@@ -109,30 +109,32 @@ def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer)
     )
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
-    # --- Data --------------------------------------------------------------------------------
-    loader = pipeline.train_loader(
-        method.train_source, global_batch_size=batch_size, operations=method.train_operations,
-        seed=seed, worker_count=method.worker_count)
-    data_iter = iter(loader)
-
     # --- Resume ----------------------------------------------------------------------------------
     manager = checkpoint.Checkpointer(workdir, max_to_keep=stage_config.keep_checkpoints,
                                       save_interval_steps=stage_config.checkpoint_every)
-    start = manager.latest_step()
-    if start is not None:
-        target = checkpoint.restore_target(state, state_shardings)
-        # The data position is saved per process; a finished stage does not need it, so its
-        # checkpoint also restores on another number of processes (train on a pod, eval on one).
-        state = manager.restore(start, target, data_iter if start < steps else None)
-        logging.info("[%s] resumed from step %d in %s", name, start, workdir)
-    first_step = int(state["step"])
-    if first_step > steps:
+    start = manager.latest_step() or 0
+    if start > steps:
         manager.close()
-        raise ValueError(f"[{name}] {workdir} holds a checkpoint at step {first_step}, beyond this "
-                         f"stage's steps={steps}; use a fresh workdir or steps >= {first_step}.")
-    if first_step == steps:
+        raise ValueError(f"[{name}] {workdir} holds a checkpoint at step {start}, beyond this "
+                         f"stage's steps={steps}; use a fresh workdir or steps >= {start}.")
+    target = checkpoint.restore_target(state, state_shardings)
+    if start == steps:
+        # A finished stage needs neither data nor its per-process data position, so it also
+        # restores on another number of processes (train on a pod, evaluate on one host).
+        state = manager.restore(start, target)
+        logging.info("[%s] resumed from step %d in %s: the stage is finished", name, start,
+                     workdir)
         manager.close()
         return state["params"]
+
+    # --- Data --------------------------------------------------------------------------------
+    data_iter = iter(pipeline.train_loader(
+        method.train_source, global_batch_size=batch_size, operations=method.train_operations,
+        seed=seed, worker_count=method.worker_count))
+    if start:
+        state = manager.restore(start, target, data_iter)
+        logging.info("[%s] resumed from step %d in %s", name, start, workdir)
+    first_step = start
 
     train_step = jax.jit(
         make_train_step(method, tx, frozen_mask, accum_steps),

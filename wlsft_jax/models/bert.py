@@ -79,14 +79,8 @@ class Model(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, mask=None):
-        vit.check_choice("act", self.act, vit.ACTIVATIONS)
-        sizes = self.sizes()
+        sizes = text.check_inputs(self, tokens)
         width = sizes["width"]
-        if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
-            raise ValueError(f"Expected tokens [batch, length <= {self.context_length}], got shape "
-                             f"{tuple(tokens.shape)}.")
-        if not isinstance(tokens, jax.core.Tracer):
-            text.check_tokens(tokens, self.vocab_size)
         mask = tokens != self.pad_id if mask is None else mask.astype(bool)
         out = {}
 

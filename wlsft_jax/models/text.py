@@ -22,6 +22,21 @@ def check_tokens(tokens, vocab_size: int) -> None:
                          "built for, or a matching vocab_size.")
 
 
+def check_inputs(module: nn.Module, tokens) -> dict:
+    """Validates a text encoder's settings and `tokens` [B, L]; returns its sizes.
+
+    Shared by the CLIP text tower and the BERT encoder (both have `act`, `context_length`,
+    `vocab_size` and `sizes()`).
+    """
+    vit.check_choice("act", module.act, vit.ACTIVATIONS)
+    if tokens.ndim != 2 or tokens.shape[1] > module.context_length:
+        raise ValueError(f"Expected tokens [batch, length <= {module.context_length}], got shape "
+                         f"{tuple(tokens.shape)}.")
+    if not isinstance(tokens, jax.core.Tracer):
+        check_tokens(tokens, module.vocab_size)
+    return module.sizes()
+
+
 class Model(nn.Module):
     """Text tower: `apply({"params": p}, tokens int32[B, L]) -> (features, out)`.
 
@@ -49,14 +64,8 @@ class Model(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        vit.check_choice("act", self.act, vit.ACTIVATIONS)
-        sizes = self.sizes()
+        sizes = check_inputs(self, tokens)
         width = sizes["width"]
-        if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
-            raise ValueError(f"Expected tokens [batch, length <= {self.context_length}], got shape "
-                             f"{tuple(tokens.shape)}.")
-        if not isinstance(tokens, jax.core.Tracer):
-            check_tokens(tokens, self.vocab_size)
         out = {}
 
         x = nn.Embed(self.vocab_size, width, name="token_embedding",
