@@ -257,7 +257,7 @@ def test_train_loader_batches_decoded_tokenized_pairs_and_resumes_only_on_them(t
     source, info = captions.caption_source("cc_20k", path=file, num_pairs=8, seed=0)
     text_tokenizer = tokenizer.world_tokenizer([f"caption {i}" for i in range(10)],
                                                context_length=8)
-    operations = [*info.decode_operations, transforms.Resize(16),
+    operations = [*info.decode_operations, transforms.ResizeCenterCrop(16),
                   transforms.Normalize.named("clip"), transforms.Tokenize(text_tokenizer),
                   transforms.SelectKeys(("image", "tokens"))]
     loader = pipeline.train_loader(source, global_batch_size=4, operations=operations, seed=0,

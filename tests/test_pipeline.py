@@ -195,10 +195,8 @@ def test_decode_image_reads_png_jpeg_and_grayscale():
         decode.map({"image": image})
 
 
-def test_resize_crop_and_flip_shapes():
+def test_random_crop_and_flip_shapes():
     image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
-    resized = transforms.Resize(4).map({"image": image})["image"]
-    assert resized.shape == (4, 4, 3) and resized.dtype == np.uint8
     crop = transforms.RandomResizedCrop(5, scale=(0.9, 1.0))
     out = crop.random_map({"image": image}, np.random.default_rng(0))["image"]
     assert out.shape == (5, 5, 3) and out.dtype == np.uint8
@@ -209,6 +207,56 @@ def test_resize_crop_and_flip_shapes():
                 for seed in range(20)]
     assert any((o == image).all() for o in outcomes)
     assert any((o == image[:, ::-1]).all() for o in outcomes)
+
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+@pytest.mark.parametrize("tall", [False, True])
+def test_resize_center_crop_keeps_the_centre_of_a_long_image(tall):
+    """40 x 100 stripes red | green | blue (30, 40, 30 columns): the shorter side goes to 20, the
+    longer to 50, and the central 20 columns are the green stripe (source columns 30..69)."""
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, :30], image[:, 30:70], image[:, 70:] = RED, GREEN, BLUE
+    if tall:
+        image = np.ascontiguousarray(image.transpose(1, 0, 2))
+    out = transforms.ResizeCenterCrop(20).map({"image": image, "label": 7})
+    assert out["label"] == 7
+    crop = out["image"] if not tall else out["image"].transpose(1, 0, 2)
+    assert crop.shape == (20, 20, 3) and crop.dtype == np.uint8
+    # Bicubic at a scale of 1/2 reads 4 source pixels each side: columns 2..17 see only green.
+    np.testing.assert_array_equal(crop[:, 2:18], np.broadcast_to(GREEN, (20, 16, 3)))
+    # Only the edge columns blend with the neighbouring stripes; a square resize would show
+    # 6 red and 6 blue columns.
+    assert crop[..., 0].mean() < 20 and crop[..., 2].mean() < 20
+
+
+def test_resize_center_crop_of_a_square_image_is_a_plain_bicubic_resize():
+    image = np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    out = transforms.ResizeCenterCrop(12).map({"image": image})["image"]
+    expected = np.asarray(Image.fromarray(image).resize((12, 12), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(out, expected)
+    same_size = transforms.ResizeCenterCrop(30).map({"image": image})["image"]
+    np.testing.assert_array_equal(same_size, image)
+
+
+@pytest.mark.parametrize("shape,resized,box", [
+    # (height, width) -> PIL size (width, height) after CLIP's Resize(16): the shorter side is 16,
+    # the longer int(16 * long / short); then the (left, top, right, bottom) central box, its
+    # offset int(round((long - 16) / 2)) as torchvision's CenterCrop rounds it.
+    ((37, 53), (22, 16), (3, 0, 19, 16)),    # int(22.9) = 22; round(3.0) = 3.
+    ((32, 42), (21, 16), (2, 0, 18, 16)),    # round(2.5) = 2 (to even).
+    ((32, 46), (23, 16), (4, 0, 20, 16)),    # round(3.5) = 4 (to even).
+    ((61, 20), (16, 48), (0, 16, 16, 32)),   # Tall: int(48.8) = 48; round(16.0) = 16.
+    ((8, 11), (22, 16), (3, 0, 19, 16)),     # Upscaled: int(22.0) = 22.
+])
+def test_resize_center_crop_matches_pil_resize_then_crop(shape, resized, box):
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = transforms.ResizeCenterCrop(16).map({"image": image})["image"]
+    expected = np.asarray(Image.fromarray(image).resize(resized, Image.Resampling.BICUBIC)
+                          .crop(box))
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_random_resized_crop_respects_scale_and_ratio():
@@ -266,7 +314,9 @@ def test_transforms_reject_bad_input(tokenizer):
     with pytest.raises(ValueError, match="valid labels: 0..2"):
         prompts.random_map({"label": 3}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="'image'"):
-        transforms.Resize(4).map({"img": np.zeros((4, 4, 3), np.uint8)})
+        transforms.ResizeCenterCrop(4).map({"img": np.zeros((4, 4, 3), np.uint8)})
+    with pytest.raises(ValueError, match="DecodeImage first"):
+        transforms.ResizeCenterCrop(4).map({"image": np.zeros((4, 6), np.uint8)})
     with pytest.raises(ValueError, match="uint8\\[H, W, 3\\]"):
         transforms.Normalize.named("clip").map({"image": np.zeros((4, 4), np.float32)})
 

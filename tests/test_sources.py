@@ -9,8 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from wlsft_jax import recipes
 from wlsft_jax.data import breeds, imagenet_classes, label_spaces, objectnet, pipeline, sources
-from wlsft_jax.data import transforms, wilds
+from wlsft_jax.data import tasks, transforms, wilds
 
 TFDS_SPLITS = {"imagenet2012": ("train", "validation"), "imagenet_v2": ("test",),
                "imagenet_r": ("test",), "imagenet_a": ("test",), "imagenet_sketch": ("test",),
@@ -58,8 +59,8 @@ def mocked_tfds(data_dir, records=None):
 
 
 def preprocessed(source, info, size=8):
-    """Every record of `source` through decode, resize and normalise, as one batch."""
-    operations = [*info.decode_operations, transforms.Resize(size),
+    """Every record of `source` through decode, CLIP's eval view and normalise, as one batch."""
+    operations = [*info.decode_operations, transforms.ResizeCenterCrop(size),
                   transforms.Normalize.named("clip"),
                   transforms.SelectKeys(("image", "label", "mask"))]
     return next(iter(pipeline.eval_batches(source, batch_size=len(source),
@@ -96,6 +97,59 @@ def test_class_names_of_imagenet_and_domainnet(tfds_dir):
     assert len(set(imagenet.class_names)) == 998  # CLIP repeats "missile" and "sunglasses".
     assert domainnet.class_names[0] == "aircraft carrier"
     assert sources.DOMAINNET_ID_DOMAIN not in sources.DOMAINNET_OOD_DOMAINS
+
+
+def test_domainnet40_label_space_keeps_lpft_classes_in_their_order(tfds_dir):
+    # TFDS labels (DomainNet's 345 classes, alphabetical): aircraft carrier 0, airplane 1,
+    # butterfly 49, donut 93, sheep 258, zigzag 344.
+    records = [{"image": png_bytes(), "label": np.int64(label)}
+               for label in (1, 0, 49, 93, 344, 258)]
+    for name, split in (("domainnet/sketch", "train"), ("domainnet/clipart", "test")):
+        with mocked_tfds(tfds_dir, records):
+            source, info = sources.get_source(name, split=split, data_dir=tfds_dir,
+                                              label_space="domainnet40")
+        assert info.class_names == label_spaces.DOMAINNET40_CLASSES and info.num_classes == 40
+        # airplane 0, butterfly 36, donut 39, sheep 37 in SENTRY's label order; the others dropped.
+        assert [int(source[i]["label"]) for i in range(len(source))] == [0, 36, 39, 37]
+        assert info.num_records == 4 and "domainnet40" in repr(source)
+    assert len(set(label_spaces.DOMAINNET40_CLASSES)) == 40
+    with pytest.raises(ValueError, match=r"has classes \['ambulance', 'apple'.*lacks"):
+        label_spaces.shared_label_map("domainnet40", label_spaces.CIFAR10_CLASSES)
+    with pytest.raises(ValueError, match=r"valid: \[None, 'domainnet40'\]"):
+        sources.get_source("domainnet/real", split="test", data_dir=tfds_dir,
+                           label_space="cifar_stl")
+
+
+def striped_png(height, width):
+    """A PNG whose left, middle and right thirds are red, green and blue."""
+    image = np.zeros((height, width, 3), np.uint8)
+    third = width // 3
+    image[:, :third], image[:, third:-third], image[:, -third:] = (255, 0, 0), (0, 255, 0), (
+        0, 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_domainnet_task_has_40_classes_and_evaluates_on_centre_crops(tfds_dir):
+    """recipes' `domainnet` task (LP-FT's): every domain in the 40 classes, and each eval set
+    (and the k-NN bank of training records) sees CLIP's view: a 12 x 36 image resized to 8 x 24,
+    whose central 8 columns are the green stripe."""
+    records = [{"image": striped_png(12, 36), "label": np.int64(label)} for label in (1, 0, 93)]
+    data = recipes.real_data("domainnet", data_dir=tfds_dir, image_size=8, worker_count=0)
+    with mocked_tfds(tfds_dir, records):
+        task = tasks.build(data, seed=0)
+    assert task.class_names == label_spaces.DOMAINNET40_CLASSES
+    mean, std = (np.asarray(v, np.float32) for v in transforms.MEAN_STD["clip"])
+    for eval_set in (*task.eval_sets, task.train_eval_set):
+        assert eval_set.num_classes == 40 and eval_set.logits_transform is None
+        batch = next(iter(pipeline.eval_batches(eval_set.source, batch_size=2,
+                                                operations=eval_set.operations)))
+        assert list(batch["label"]) == [0, 39] and batch["image"].shape == (2, 8, 8, 3)
+        pixels = np.round((batch["image"] * std + mean) * 255)
+        # Bicubic at scale 1/1.5 reads 3 source pixels each side: columns 2..5 see only green.
+        np.testing.assert_array_equal(pixels[:, :, 2:6], np.broadcast_to((0, 255, 0),
+                                                                         (2, 8, 4, 3)))
 
 
 @pytest.mark.parametrize("name,class_ids", [("imagenet_r", imagenet_classes.IMAGENET_R_CLASS_IDS),

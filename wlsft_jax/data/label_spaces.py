@@ -6,8 +6,10 @@ A model scored on a shifted set must answer in that set's classes:
   largest logit of its ImageNet classes (`pool_logits`, as WiSE-FT and FLYP score ObjectNet).
 - CIFAR-10 -> STL-10: the 9 classes both share (LP-FT's protocol drops CIFAR's "frog" and STL's
   "monkey"; STL's "car" is CIFAR's "automobile").
+- DomainNet (LP-FT): the 40 classes of Tan et al.'s version (COAL) out of DomainNet's 345.
+Datasets read in a shared label space (`SHARED_LABEL_SPACES`) drop the records of other classes.
 """
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -18,24 +20,49 @@ STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 # The classes CIFAR-10 and STL-10 share, named as in CIFAR-10, in CIFAR-10's order.
 CIFAR_STL_SHARED_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "horse",
                             "ship", "truck")
-_STL_TO_CIFAR_NAME = {"car": "automobile"}
+# LP-FT's DomainNet (Kumar et al., 2022) is the 40-class version of Tan et al., "Class-imbalanced
+# domain adaptation: an empirical odyssey" (COAL, 2020), which LP-FT reads from the split files
+# SENTRY (Prabhu et al., 2021) publishes: github.com/virajprabhu/SENTRY,
+# data/DomainNet/txt/<domain>_<train|test>_mini.txt. The classes are in those files' label order
+# (0..39, the same in all 8 files; not alphabetical at the end), so labels match LP-FT's.
+# Those files list every image of these classes in DomainNet's official train / test split files,
+# from which TFDS builds `domainnet/<domain>`.
+DOMAINNET40_CLASSES = (
+    "airplane", "ambulance", "apple", "backpack", "banana", "bathtub", "bear", "bed", "bee",
+    "bicycle", "bird", "book", "bridge", "bus", "cake", "calculator", "camera", "car", "cat",
+    "chair", "clock", "cow", "dog", "dolphin", "duck", "elephant", "fence", "fork", "horse",
+    "house", "rabbit", "scissors", "strawberry", "table", "telephone", "truck", "butterfly",
+    "sheep", "drums", "donut")
 
 
-def shared_label_map(class_names: Sequence[str], shared_classes: Sequence[str],
-                     renames: dict[str, str] | None = None) -> np.ndarray:
-    """int32[len(class_names)]: each class's index in `shared_classes`, or -1 if it has none.
-
-    `renames` maps a dataset's class name to its name in `shared_classes`.
-    """
-    renames = renames or {}
-    index = {name: i for i, name in enumerate(shared_classes)}
-    return np.asarray([index.get(renames.get(name, name), -1) for name in class_names],
-                      dtype=np.int32)
+class SharedClasses(NamedTuple):
+    """A label space several datasets are read in: its classes, in label order, and `renames`
+    from a dataset's class name to its name here."""
+    classes: tuple[str, ...]
+    renames: Mapping[str, str]
 
 
-def cifar_stl_label_map(dataset_classes: Sequence[str]) -> np.ndarray:
-    """The label map from CIFAR-10's or STL-10's classes onto `CIFAR_STL_SHARED_CLASSES`."""
-    return shared_label_map(dataset_classes, CIFAR_STL_SHARED_CLASSES, _STL_TO_CIFAR_NAME)
+CIFAR_STL, DOMAINNET40 = "cifar_stl", "domainnet40"
+SHARED_LABEL_SPACES = {
+    CIFAR_STL: SharedClasses(CIFAR_STL_SHARED_CLASSES, {"car": "automobile"}),
+    DOMAINNET40: SharedClasses(DOMAINNET40_CLASSES, {}),
+}
+
+
+def shared_label_map(label_space: str, class_names: Sequence[str]) -> np.ndarray:
+    """int32[len(class_names)]: each of a dataset's classes' label in `label_space` (a name of
+    SHARED_LABEL_SPACES), or -1 if it is not in it. Every class of the label space must be among
+    `class_names`, so that a renamed or missing class is an error rather than an empty class."""
+    shared = SHARED_LABEL_SPACES[label_space]
+    index = {name: i for i, name in enumerate(shared.classes)}
+    label_map = np.asarray([index.get(shared.renames.get(name, name), -1) for name in class_names],
+                           dtype=np.int32)
+    missing = [name for i, name in enumerate(shared.classes) if i not in label_map]
+    if missing:
+        raise ValueError(f"Label space {label_space!r} has classes {missing[:5]} that the dataset "
+                         f"(classes {list(class_names)[:5]}...) lacks; is it the dataset the "
+                         f"label space was made for?")
+    return label_map
 
 
 def restrict_logits(logits, class_ids: Sequence[int]):

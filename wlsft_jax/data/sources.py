@@ -19,11 +19,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from wlsft_jax.data import breeds, imagenet_classes, label_spaces, objectnet, wilds
+# Shared label spaces: the 9 classes CIFAR-10 and STL-10 share; LP-FT's 40 DomainNet classes.
+from wlsft_jax.data.label_spaces import CIFAR_STL, DOMAINNET40
 from wlsft_jax.data.source_base import CAPTIONS, CLASSIFICATION, SourceInfo, check_split
 
 DATA_DIR_ENV = "TFDS_DATA_DIR"
-CIFAR_STL = "cifar_stl"  # label space: the 9 classes CIFAR-10 and STL-10 share.
-# LP-FT's DomainNet shift: fine-tune on sketches, evaluate on the other domains.
+# LP-FT's DomainNet shift: fine-tune on sketches, evaluate on the other domains, in the 40
+# classes of label space DOMAINNET40.
 DOMAINNET_ID_DOMAIN = "sketch"
 DOMAINNET_OOD_DOMAINS = ("real", "painting", "clipart")
 # Each COCO image has at least 5 captions; record i is caption i % 5 of image i // 5.
@@ -37,8 +39,8 @@ class TfdsDataset:
     class_names: None takes TFDS's class names (DomainNet's), "_" read as " ".
     label_subset: ImageNet ids of the dataset's classes, when its TFDS labels are ImageNet ids
       but it holds only those classes (ImageNet-R / -A): labels become positions in the subset.
-    label_spaces: other label spaces the dataset can be read in, name -> shared class names
-      (records of classes outside it are dropped).
+    label_spaces: the shared label spaces (`label_spaces.SHARED_LABEL_SPACES`) the dataset can
+      also be read in; records of classes outside it are dropped.
     """
     kind: str = CLASSIFICATION
     class_names: tuple[str, ...] | None = None
@@ -63,7 +65,7 @@ TFDS_DATASETS = {
     "cifar10": TfdsDataset(class_names=label_spaces.CIFAR10_CLASSES, label_spaces=(CIFAR_STL,)),
     "cifar10_1": TfdsDataset(class_names=label_spaces.CIFAR10_CLASSES, label_spaces=(CIFAR_STL,)),
     "stl10": TfdsDataset(class_names=label_spaces.STL10_CLASSES, label_spaces=(CIFAR_STL,)),
-    "domainnet": TfdsDataset(needs_config=True),
+    "domainnet": TfdsDataset(needs_config=True, label_spaces=(DOMAINNET40,)),
     "coco_captions": TfdsDataset(kind=CAPTIONS),
 }
 
@@ -185,9 +187,9 @@ def tfds_source(name: str, *, split: str, data_dir: str | None = None,
         label_map = np.full(len(class_names), -1, dtype=np.int32)
         label_map[list(dataset.label_subset)] = np.arange(len(dataset.label_subset))
         class_names = tuple(class_names[i] for i in dataset.label_subset)
-    if label_space == CIFAR_STL:
-        label_map = label_spaces.cifar_stl_label_map(class_names)
-        class_names = label_spaces.CIFAR_STL_SHARED_CLASSES
+    if label_space is not None:
+        label_map = label_spaces.shared_label_map(label_space, class_names)
+        class_names = label_spaces.SHARED_LABEL_SPACES[label_space].classes
         tfds_labels = np.asarray([int(data_source[key]["label"])
                                   for key in range(len(data_source))])
         record_keys = np.flatnonzero(label_map[tfds_labels] >= 0)
@@ -220,8 +222,8 @@ def get_source(name: str, *, split: str, data_dir: str | None = None,
     name: one of `source_names()`; TFDS datasets may name a config ("domainnet/real",
       "imagenet_v2/topimages", "cifar10_1/v6").
     data_dir: folder holding the prepared datasets (default: $TFDS_DATA_DIR).
-    options: dataset-specific keywords, e.g. label_space="cifar_stl" for CIFAR-10 / STL-10;
-      an unknown one is a ValueError listing the valid ones.
+    options: dataset-specific keywords, e.g. label_space="cifar_stl" for CIFAR-10 / STL-10 or
+      "domainnet40" for DomainNet; an unknown one is a ValueError listing the valid ones.
     """
     if name.partition("/")[0] in TFDS_DATASETS:
         build, fixed = functools.partial(tfds_source, name), {}

@@ -7,9 +7,10 @@
   `data.id_domain` is trained on its train split and evaluated on its held-out split (`SPLITS`),
   each of `data.ood_domains` on its evaluation split; `data.label_space` (e.g. "cifar_stl") reads
   them all in a shared label space. Encoded images go through the dataset's decode operations,
-  then a random resized crop (train) or a resize (eval) to `data.image_size`. An OOD set whose
-  classes are a subset (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored through
-  a logits transform onto its own classes.
+  then a random resized crop (train) or CLIP's evaluation view (eval: bicubic resize of the
+  shorter side, central crop) to `data.image_size`. An OOD set whose classes are a subset
+  (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored through a logits transform
+  onto its own classes.
 `data.captions` (imagenet_20k / cc_20k / coco_10k, read from `data.captions_path`) replaces the
 caption pairs of weak language supervision, which are otherwise the world's ID training records.
 """
@@ -145,6 +146,12 @@ def _normalize(data) -> transforms.Normalize:
 _EVAL_KEYS = transforms.SelectKeys(("image", "label", pipeline.MASK_KEY))
 
 
+def _eval_view(data) -> list[grain.Transformation]:
+    """Decoded uint8 real image -> CLIP's evaluation view, normalised, with the eval keys (after
+    a dataset's own decode operations, e.g. ObjectNet's border crop, as WiSE-FT orders them)."""
+    return [transforms.ResizeCenterCrop(data.image_size), _normalize(data), _EVAL_KEYS]
+
+
 def _world_task(data, seed: int) -> Task:
     def source(split, domains, examples_per_domain):
         return world.WorldSource(split=split, domains=domains,
@@ -184,14 +191,12 @@ def _real_task(data) -> Task:
                             data.eval_examples_per_domain)
         transform = logits_transform(info)
         _check_classes(name, info, transform, class_names)
-        operations = (*info.decode_operations, transforms.Resize(data.image_size),
-                      _normalize(data), _EVAL_KEYS)
+        operations = (*info.decode_operations, *_eval_view(data))
         eval_sets.append(EvalSet(name=name, kind=kind, source=source, operations=operations,
                                  num_classes=info.num_classes, logits_transform=transform))
     train_eval_set = EvalSet(
         name=data.id_domain, kind=ID, source=train, num_classes=train_info.num_classes,
-        operations=(*train_info.decode_operations, transforms.Resize(data.image_size),
-                    _normalize(data), _EVAL_KEYS))
+        operations=(*train_info.decode_operations, *_eval_view(data)))
     return Task(class_names=class_names, train_source=train,
                 train_operations=(*train_info.decode_operations, *_augment(data)),
                 eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count,

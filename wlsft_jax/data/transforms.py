@@ -46,8 +46,8 @@ def _rgb_image(element: Any, key: str, transform: object) -> np.ndarray:
     return image
 
 
-def _resized(image: np.ndarray, size: int, box: tuple[int, int, int, int] | None = None):
-    """Bilinear (antialiased) resize of `image` (or of its (left, top, right, bottom) box)."""
+def _resized(image: np.ndarray, size: int, box: tuple[int, int, int, int]):
+    """Bilinear (antialiased) resize of the (left, top, right, bottom) box of `image`."""
     resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(resized, dtype=np.uint8)
 
@@ -67,14 +67,35 @@ class DecodeImage(grain.MapTransform):
         return {**element, self.key: rgb}
 
 
+def _shorter_side_scaled(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side scaled to `size` and the aspect ratio kept; the
+    longer side is truncated to an integer, as torchvision's Resize(size) does for CLIP."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def _center_crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the central size x size crop, rounded as torchvision's CenterCrop does."""
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
 @dataclasses.dataclass(frozen=True)
-class Resize(grain.MapTransform):
-    """Resizes a uint8 image to size x size."""
+class ResizeCenterCrop(grain.MapTransform):
+    """CLIP's evaluation view: bicubic resize of the shorter side to `size`, then the central
+    size x size crop (what CLIP, open_clip, WiSE-FT and FLYP evaluate on). Unlike a square
+    resize it keeps the aspect ratio; the image stays uint8."""
     size: int
     key: str = "image"
 
     def map(self, element):
-        return {**element, self.key: _resized(_rgb_image(element, self.key, self), self.size)}
+        image = _rgb_image(element, self.key, self)
+        height, width = _shorter_side_scaled(*image.shape[:2], self.size)
+        resized = np.asarray(Image.fromarray(image).resize((width, height),
+                                                           Image.Resampling.BICUBIC))
+        top, left = _center_crop_offsets(height, width, self.size)
+        crop = resized[top:top + self.size, left:left + self.size]
+        return {**element, self.key: np.ascontiguousarray(crop, dtype=np.uint8)}
 
 
 @dataclasses.dataclass(frozen=True)
