@@ -1,22 +1,26 @@
 """Every real-data config (`configs/<x>_clip.py:<task>`) builds its whole pipeline and model on
-mocks, without training: mocked TFDS records and ObjectNet folder, a tiny random Hugging Face CLIP
-with a tiny BPE vocabulary in place of ViT-B/16, 16-px images."""
+mocks, without training: mocked TFDS records, ObjectNet, WILDS and BREEDS folders, a tiny random
+Hugging Face CLIP with a tiny BPE vocabulary in place of ViT-B/16, 16-px images. The evaluator's
+WILDS metrics are checked on hand-made predictions."""
 import functools
 import json
 import os
 import warnings
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from etils import epath
 
 from wlsft_jax import experiment, methods, recipes, sharding
-from wlsft_jax.data import imagenet_classes, pipeline, tasks, templates
+from wlsft_jax.data import imagenet_classes, pipeline, tasks, templates, transforms, wilds
 from wlsft_jax.evals import zero_shot
 from test_configs import REPO, load
 from test_convert import save_hf_clip
-from test_sources import NUM_MOCK_EXAMPLES, mocked_tfds, png_bytes, tfds_dir, write_objectnet  # noqa: F401
+from test_sources import (NUM_MOCK_EXAMPLES, mocked_tfds, png_bytes, tfds_dir,  # noqa: F401
+                          write_breeds, write_fmow, write_iwildcam, write_objectnet)
 from test_tokenizer import _write_small_clip_files
 
 IMAGE_SIZE, CONTEXT_LENGTH, BATCH = 16, 16, 4
@@ -34,10 +38,28 @@ def mock_records(name):
             for i in range(NUM_MOCK_EXAMPLES)]
 
 
+# WILDS metadata rows: iWildCam (split, file, label); FMoW (split, category, country, time),
+# whose WILDS split follows from the year: before 2013 ID, from 2016 the OOD test.
+IWILDCAM_ROWS = [("train", "a.jpg", 0), ("train", "b.jpg", 1), ("train", "c.jpg", 2),
+                 ("id_test", "d.jpg", 1), ("id_test", "e.jpg", 2), ("test", "f.jpg", 0),
+                 ("test", "g.jpg", 2)]
+FMOW_ROWS = [("train", "airport", "FRA", "2010-03-01T10:00:00Z"),
+             ("train", "dam", "KEN", "2011-03-01T10:00:00Z"),
+             ("test", "barn", "USA", "2012-03-01T10:00:00Z"),
+             ("test", "zoo", "FRA", "2016-06-01T10:00:00Z"),
+             ("test", "dam", "KEN", "2017-01-01T00:00:00Z"),
+             ("test", "park", "XXX", "2017-02-01T00:00:00Z")]
+
+
 @pytest.fixture(scope="module")
 def data_dir(tfds_dir):  # noqa: F811
-    """The mocked TFDS datasets plus an ObjectNet folder beside them."""
-    write_objectnet(epath.Path(tfds_dir), {"alarm_clock": 2, "banana": 1, "thing": 1})
+    """The mocked TFDS datasets plus ObjectNet, WILDS and BREEDS folders beside them."""
+    root = epath.Path(tfds_dir)
+    write_objectnet(root, {"alarm_clock": 2, "banana": 1, "thing": 1})
+    write_iwildcam(root, IWILDCAM_ROWS)
+    write_fmow(root, FMOW_ROWS)
+    for hierarchy in ("living17", "entity30"):
+        write_breeds(root, hierarchy, splits=("train", "val"))
     return tfds_dir
 
 
@@ -115,7 +137,8 @@ def test_real_task_eval_sets_score_in_their_classes(task_name, data_dir, hf_clip
     classifier and its logits transform onto the set's own classes."""
     config, task, _, models, _, classifier_params = built(task_name, data_dir, hf_clip_dir)
     num_classes = len(task.class_names)
-    assert num_classes == {"imagenet": 1000, "cifar10_stl": 9, "domainnet": 40}[task_name]
+    assert num_classes == {"imagenet": 1000, "cifar10_stl": 9, "domainnet": 40, "iwildcam": 3,
+                           "fmow": 62, "living17": 17, "entity30": 30}[task_name]
     assert classifier_params["head"]["kernel"].shape[-1] == num_classes
     assert [s.name for s in task.eval_sets] == [config.data.id_domain, *config.data.ood_domains]
     assert [s.kind for s in task.eval_sets] == ["id"] + ["ood"] * len(config.data.ood_domains)
@@ -142,6 +165,11 @@ def test_real_task_eval_sets_score_in_their_classes(task_name, data_dir, hf_clip
     ({"id_domain": "imagenet_r"}, r"'imagenet_r' in data.id_domain is not supported there; "
                                   r"valid datasets: \['imagenet2012', 'cifar10'"),
     ({"ood_domains": ("imagenet2012",)}, r"valid datasets: \['imagenet_v2'"),
+    ({"id_domain": "iwildcam/ood"}, r"'iwildcam/ood' in data.id_domain is not supported there; "
+                                    r"valid datasets: \[.*'iwildcam/id', 'fmow/id', "
+                                    r"'living17/source', 'entity30/source'\]"),
+    ({"ood_domains": ("living17/source",)}, r"valid datasets: \[.*'iwildcam/ood', 'fmow/ood', "
+                                            r"'living17/target', 'entity30/target'\]"),
     ({"pretrain_domains": ("photo",)}, "real data has no pretraining captions"),
     ({"source": "laion"}, r"valid choices: \['world', 'real'\]"),
 ])
@@ -163,3 +191,114 @@ def test_ood_sets_outside_the_id_label_space_are_errors(data_dir):
             ValueError, match="stl10's 10 classes are not the ID classifier's 10 classes.*"
                               "'cifar_stl'"):
         tasks.build(data, seed=0)
+
+
+def test_a_report_metric_that_a_dataset_does_not_record_is_an_error():
+    config = load(os.path.join(REPO, "configs", "ft_clip.py:imagenet"),
+                  "--config.eval.report_metrics.ood=macro_f1")
+    with pytest.raises(ValueError, match=r"eval.report_metrics.ood='macro_f1' is not recorded for "
+                                         r"'imagenet_v2'; its metrics: \['top1', 'top5'\]"):
+        experiment.check_names(config)
+    config = load(os.path.join(REPO, "configs", "ft_clip.py:fmow"),
+                  "--config.eval.report_metrics.id=macro_f1")
+    with pytest.raises(ValueError, match=r"'fmow/id'; its metrics: \['top1', 'top5', "
+                                         r"'worst_region_top1'\]"):
+        experiment.check_names(config)
+
+
+def test_report_metrics_name_one_metric_for_id_and_one_for_ood():
+    config = load(os.path.join(REPO, "configs", "ft_clip.py:fmow"), "--config.init.path=/clip")
+    with config.unlocked():
+        config.eval.report_metrics.test = "top1"
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['test'\] in "
+                                         r"config.eval.report_metrics; valid keys: \['id', 'ood'\]"):
+        recipes.check_config(config)
+    with config.unlocked():
+        del config.eval.report_metrics["test"], config.eval.report_metrics["ood"]
+    with pytest.raises(ValueError, match=r"report_metrics lacks \['ood'\]"):
+        recipes.check_config(config)
+    config = load(os.path.join(REPO, "configs", "wls_dino.py"))
+    with config.unlocked():
+        config.eval.report_metrics = dict(id="top1", ood="top1")
+    with pytest.raises(ValueError, match="a WLS config reports k-NN top-1 at eval.knn_report_k"):
+        recipes.check_config(config)
+
+
+class LogitsAreImages:
+    """A stand-in classifier whose logits are the records' "image" vectors."""
+
+    def apply(self, variables, images):
+        return images, {}
+
+
+def test_evaluator_wilds_metrics_are_those_of_the_gathered_predictions_without_padding():
+    """13 hand-made records over 8 devices in batches of 8: the 3 padding rows repeat record 0,
+    which would change both metrics if they were counted. Each record's logits are one-hot on
+    the class before its prediction, so only the set whose logits transform shifts them by one
+    class predicts `predicted`."""
+    num_classes, other = 6, wilds.FMOW_REGIONS.index("Other")
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 5, 1, 0, 3])
+    predicted = np.array([1, 0, 1, 2, 2, 2, 3, 0, 5, 4, 1, 0, 3])
+    regions = np.array([0, 0, 1, 1, 3, 3, other, 2, 3, 1, 3, other, 2])
+    unshifted = (predicted - 1) % num_classes
+    records = [{"image": np.eye(num_classes, dtype=np.float32)[p], "label": np.int32(y),
+                "region": np.int32(r)} for p, y, r in zip(unshifted, labels, regions)]
+    keys = ("image", "label", pipeline.MASK_KEY)
+
+    def eval_set(name, metrics=(), transform=None):
+        fields = ("region",) if metrics else ()
+        return tasks.EvalSet(name=name, kind="ood", source=records, num_classes=num_classes,
+                             operations=(transforms.SelectKeys((*keys, *fields)),),
+                             logits_transform=transform, metrics=metrics)
+
+    task = tasks.Task(class_names=tuple(map(str, range(num_classes))), train_source=None,
+                      train_operations=(), eval_worker_count=0, eval_sets=(
+                          eval_set("f1", ("macro_f1",)),
+                          eval_set("regions", ("worst_region_top1", "macro_f1"),
+                                   functools.partial(jnp.roll, shift=1, axis=-1)),
+                          eval_set("plain")))
+    mesh = sharding.make_mesh(data=8)
+    config = ml_collections.ConfigDict(dict(eval=dict(batch_size=8)))
+    with jax.set_mesh(mesh):
+        values = {(r["dataset"], r["metric"]): r["value"] for r in experiment.make_evaluator(
+            config, mesh, task, LogitsAreImages())({}, method="m", alpha=0.0, seed=0)}
+    expected = {
+        ("f1", "top1"): np.mean(unshifted == labels), ("f1", "top5"): 1.0,
+        ("f1", "macro_f1"): wilds.macro_f1(labels, unshifted),
+        ("regions", "top1"): np.mean(predicted == labels), ("regions", "top5"): 1.0,
+        ("regions", "worst_region_top1"): wilds.worst_region_accuracy(labels, predicted, regions),
+        ("regions", "macro_f1"): wilds.macro_f1(labels, predicted),
+        ("plain", "top1"): np.mean(unshifted == labels), ("plain", "top5"): 1.0,
+    }
+    assert values == pytest.approx(expected)
+    labels, predicted, unshifted, regions = (np.concatenate([values, values[:1].repeat(3)])
+                                             for values in (labels, predicted, unshifted, regions))
+    assert wilds.macro_f1(labels, unshifted) != pytest.approx(expected["f1", "macro_f1"])
+    assert wilds.worst_region_accuracy(labels, predicted, regions) != pytest.approx(
+        expected["regions", "worst_region_top1"])
+
+
+@pytest.mark.parametrize("task_name,id_metric,ood_metric", [
+    ("iwildcam", "macro_f1", "macro_f1"), ("fmow", "top1", "worst_region_top1")])
+def test_wilds_tasks_record_and_report_their_official_metrics(task_name, id_metric, ood_metric,
+                                                              data_dir, hf_clip_dir, tmp_path):
+    """The zero-shot model's records of the mocked WILDS sets (FMoW's region read through the
+    eval pipeline) make the report that the task names: iWildCam by macro-F1, FMoW by top-1 ID
+    and worst-region accuracy OOD, as main writes it."""
+    config, task, _, models, _, classifier_params = built(task_name, data_dir, hf_clip_dir)
+    assert experiment.report_metric(config, "id") == id_metric
+    assert experiment.report_metric(config, "ood") == ood_metric
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+    eval_config = ml_collections.ConfigDict(dict(eval=dict(batch_size=BATCH)))
+    with jax.set_mesh(mesh):
+        records = experiment.make_evaluator(eval_config, mesh, task, models["classifier"])(
+            classifier_params, method=experiment.ZERO_SHOT, alpha=0.0, seed=0)
+    recorded = {(r["dataset"], r["metric"]) for r in records}
+    for dataset in (config.data.id_domain, *config.data.ood_domains):
+        assert {(dataset, "top1"), (dataset, tasks.dataset_splits(dataset).metrics[0])} <= recorded
+    table = experiment.write_report(config, records, tmp_path, id_dataset=config.data.id_domain,
+                                    ood_datasets=config.data.ood_domains)
+    assert (f"[{ood_metric}]" in table) == (id_metric != ood_metric)
+    assert f"# Robustness report: {id_metric}" in (tmp_path / "report.md").read_text()
+    plot = "_".join(dict.fromkeys((id_metric, ood_metric)))
+    assert (tmp_path / f"{plot}_vs_alpha.png").exists()

@@ -100,6 +100,29 @@ def test_average_ood_uses_exactly_the_listed_datasets(tmp_path):
     assert parse_table(table)["FT", 1.0]["Avg OOD (2)"] == "41.0 ± 1.4"
 
 
+def test_ood_metric_tabulates_the_ood_columns_by_their_own_metric(tmp_path):
+    """FMoW's report: top-1 ID, worst-region accuracy OOD (here top1 - 0.1 on every dataset)."""
+    records = make_records(datasets=("photo", "sketch", "cartoon", "painting"))
+    records += [dict(r, metric="worst_region_top1", value=r["value"] - 0.1) for r in records]
+    metrics = dict(metric="top1", ood_metric="worst_region_top1")
+    table = report.write_report(records, str(tmp_path), id_dataset=ID, ood_datasets=OOD,
+                                **metrics)
+    row = parse_table(table)["FT", 1.0]
+    # FT alpha=1: photo 0.85 / 0.87 by top-1; sketch 0.35 / 0.37, cartoon 0.25 / 0.27 worst-region.
+    assert row["ID: photo [top1]"] == "86.0 ± 1.4"
+    assert (row["sketch"], row["cartoon"]) == ("36.0 ± 1.4", "26.0 ± 1.4")
+    assert row["Avg OOD (2) [worst_region_top1]"] == "31.0 ± 1.4"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "# Robustness report: top1 (ID), worst_region_top1 (OOD)" in markdown
+    assert "left out of the average: `painting`" in markdown
+    report.plot_metric_vs_alpha(records, tmp_path / "alpha.png", id_dataset=ID, ood_datasets=OOD,
+                                **metrics)
+    assert image.imread(tmp_path / "alpha.png").std() > 0
+    top1_only = [r for r in records if r["metric"] == "top1"]
+    with pytest.raises(ValueError, match="No records for metric 'worst_region_top1'"):
+        report.write_report(top1_only, str(tmp_path), id_dataset=ID, ood_datasets=OOD, **metrics)
+
+
 def test_mean_and_std_over_seeds(tmp_path):
     seed_2 = [
         dict(r, seed=2, value=0.65 if r["dataset"] == ID else r["value"])

@@ -305,11 +305,11 @@ def write_csv(path, header, rows):
     path.write_text("\n".join([",".join(header)] + [",".join(map(str, row)) for row in rows]))
 
 
-def test_iwildcam_split_labels_and_class_names(tmp_path):
-    root = tmp_path / wilds.IWILDCAM_DIR
+def write_iwildcam(data_dir, rows):
+    """An iWildCam folder in `data_dir`: metadata rows (split, filename, y), an image per row, and
+    3 classes with WILDS's extra 99999 category."""
+    root = data_dir / wilds.IWILDCAM_DIR
     (root / "train").mkdir(parents=True)
-    rows = [("train", "a.jpg", 0), ("train", "b.jpg", 2), ("test", "c.jpg", 1),
-            ("id_test", "d.jpg", 2)]
     for _, filename, _ in rows:
         (root / "train" / filename).write_bytes(png_bytes())
     write_csv(root / "metadata.csv", ("split", "filename", "y", "location_remapped"),
@@ -317,6 +317,46 @@ def test_iwildcam_split_labels_and_class_names(tmp_path):
     write_csv(root / "categories.csv", ("y", "category_id", "name", "english"),
               [(0, 0, "empty", "Empty"), (1, 2, "tayassu pecari", "White-lipped peccary"),
                (2, 3, "dasyprocta punctata", "Central American agouti"), (99999, 9, "x", "X")])
+    return root
+
+
+def write_fmow(data_dir, rows):
+    """An FMoW folder in `data_dir`: metadata rows (split, category, country, timestamp), an
+    image per row, and the countries FRA, KEN, USA mapped to their regions."""
+    root = data_dir / wilds.FMOW_DIR
+    (root / "images").mkdir(parents=True)
+    write_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"), rows)
+    write_csv(root / "country_code_mapping.csv", ("alpha-3", "region"),
+              [("FRA", "Europe"), ("KEN", "Africa"), ("USA", "Americas")])
+    for i in range(len(rows)):
+        (root / "images" / f"rgb_img_{i}.png").write_bytes(png_bytes())
+    return root
+
+
+def write_breeds(data_dir, hierarchy, *, splits=("val",)):
+    """A BREEDS hierarchy file for `hierarchy` (superclass i: source n<h>i0, targets n<h>i1 and
+    n<h>i2) and an ImageNet folder with one image per class in each of `splits`."""
+    num_superclasses = breeds.HIERARCHIES[hierarchy]
+    prefix = f"n{list(breeds.HIERARCHIES).index(hierarchy)}"
+    superclasses = [{"name": f"super{i}", "source": [f"{prefix}{i:03d}0"],
+                     "target": [f"{prefix}{i:03d}1", f"{prefix}{i:03d}2"]}
+                    for i in range(num_superclasses)]
+    hierarchy_file = data_dir / breeds.BREEDS_DIR / f"{hierarchy}.json"
+    hierarchy_file.parent.mkdir(exist_ok=True)
+    hierarchy_file.write_text(json.dumps({"superclasses": superclasses}))
+    for split in splits:
+        for entry in superclasses:
+            for wnid in entry["source"] + entry["target"]:
+                (data_dir / breeds.IMAGENET_DIR / split / wnid).mkdir(parents=True)
+                (data_dir / breeds.IMAGENET_DIR / split / wnid / "x.JPEG").write_bytes(
+                    png_bytes())
+    return hierarchy_file
+
+
+def test_iwildcam_split_labels_and_class_names(tmp_path):
+    rows = [("train", "a.jpg", 0), ("train", "b.jpg", 2), ("test", "c.jpg", 1),
+            ("id_test", "d.jpg", 2)]
+    root = write_iwildcam(tmp_path, rows)
     source, info = sources.get_source("iwildcam", split="train", data_dir=str(tmp_path))
     assert info.class_names == ("empty", "white-lipped peccary", "central american agouti")
     assert [int(source[i]["label"]) for i in range(len(source))] == [0, 2]
@@ -329,19 +369,13 @@ def test_iwildcam_split_labels_and_class_names(tmp_path):
 
 
 def test_fmow_wilds_splits_and_regions(tmp_path):
-    root = tmp_path / wilds.FMOW_DIR
-    (root / "images").mkdir(parents=True)
     rows = [("train", "airport", "FRA", "2010-03-01T10:00:00Z"),   # 0 train, Europe
             ("val", "zoo", "KEN", "2011-05-01T10:00:00Z"),         # 1 id_val, Africa
             ("test", "dam", "XXX", "2017-01-01T00:00:00Z"),        # 2 test, Other
             ("test", "barn", "USA", "2016-12-31T23:59:59Z"),       # 3 test, Americas
             ("seq", "barn", "USA", "2017-06-01T00:00:00Z"),        # 4 sequestered
             ("val", "park", "FRA", "2014-01-01T00:00:00Z")]        # 5 val (OOD), Europe
-    write_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"), rows)
-    write_csv(root / "country_code_mapping.csv", ("alpha-3", "region"),
-              [("FRA", "Europe"), ("KEN", "Africa"), ("USA", "Americas")])
-    for i in range(len(rows)):
-        (root / "images" / f"rgb_img_{i}.png").write_bytes(png_bytes())
+    write_fmow(tmp_path, rows)
     source, info = sources.get_source("fmow", split="test", data_dir=str(tmp_path))
     assert info.num_classes == 62 and len(source) == 2
     records = [source[0], source[1]]
@@ -378,16 +412,7 @@ def test_worst_region_accuracy_by_hand():
 
 
 def test_breeds_from_hierarchy_file(tmp_path):
-    hierarchy = {"superclasses": [
-        {"name": f"super{i}", "source": [f"n{i:03d}0"], "target": [f"n{i:03d}1", f"n{i:03d}2"]}
-        for i in range(17)]}
-    hierarchy_file = tmp_path / "breeds" / "living17.json"
-    hierarchy_file.parent.mkdir()
-    hierarchy_file.write_text(json.dumps(hierarchy))
-    for i in range(17):
-        for part in range(3):
-            (tmp_path / "imagenet" / "val" / f"n{i:03d}{part}").mkdir(parents=True)
-            (tmp_path / "imagenet" / "val" / f"n{i:03d}{part}" / "x.JPEG").write_bytes(png_bytes())
+    hierarchy_file = write_breeds(tmp_path, "living17")
     source, info = sources.get_source("living17", split="val", data_dir=str(tmp_path))
     assert info.num_classes == 17 and info.class_names[3] == "super3" and len(source) == 17
     target, _ = sources.get_source("living17", split="val", data_dir=str(tmp_path),
@@ -399,3 +424,41 @@ def test_breeds_from_hierarchy_file(tmp_path):
     hierarchy_file.write_text(json.dumps({"classes": []}))
     with pytest.raises(ValueError, match="does not follow the BREEDS hierarchy format"):
         breeds.load_breeds_hierarchy(hierarchy_file, 17)
+
+
+def test_missing_wilds_and_breeds_files_name_what_to_provide(tmp_path):
+    data_dir = str(tmp_path)
+    wilds_help = r"Download it with the `wilds` package \(see launch/prepare_data.md\)"
+    with pytest.raises(ValueError, match=rf"iWildCam not found: .*iwildcam_v2.0 is not a "
+                                         rf"directory\. {wilds_help}"):
+        sources.get_source("iwildcam", split="train", data_dir=data_dir)
+    root = write_iwildcam(tmp_path, [("train", "a.jpg", 0)])
+    (root / "categories.csv").unlink()
+    with pytest.raises(ValueError, match=r"iWildCam class names not found at .*categories.csv\. "
+                                         r"Pass categories_csv="):
+        sources.get_source("iwildcam", split="train", data_dir=data_dir)
+    (root / "metadata.csv").unlink()
+    with pytest.raises(ValueError, match=rf"iWildCam metadata not found at .*metadata.csv\. "
+                                         rf"{wilds_help}"):
+        sources.get_source("iwildcam", split="train", data_dir=data_dir)
+    root = write_fmow(tmp_path, [("train", "dam", "FRA", "2010-03-01T10:00:00Z")])
+    (root / "country_code_mapping.csv").unlink()
+    with pytest.raises(ValueError, match=rf"FMoW country codes not found at "
+                                         rf".*country_code_mapping.csv\. {wilds_help}"):
+        sources.get_source("fmow", split="train", data_dir=data_dir)
+    (root / "rgb_metadata.csv").unlink()
+    with pytest.raises(ValueError, match=rf"FMoW metadata not found at .*rgb_metadata.csv\. "
+                                         rf"{wilds_help}"):
+        sources.get_source("fmow", split="train", data_dir=data_dir)
+
+    with pytest.raises(ValueError, match=r"BREEDS hierarchy file not found at "
+                                         r".*breeds/living17.json\. Write it once as "
+                                         r"\{\"superclasses\".*launch/prepare_data.md"):
+        sources.get_source("living17", split="train", data_dir=data_dir)
+    write_breeds(tmp_path, "living17", splits=())
+    with pytest.raises(ValueError, match=r"ImageNet images not found: .*imagenet/train is not a "
+                                         r"directory\. Extract ImageNet as"):
+        sources.get_source("living17", split="train", data_dir=data_dir)
+    (tmp_path / breeds.IMAGENET_DIR / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"ImageNet class n00000 not found: .*Extract all 1000"):
+        sources.get_source("living17", split="train", data_dir=data_dir)

@@ -14,7 +14,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from wlsft_jax import checkpoint, convert, interpolate, methods, sharding, train
+from wlsft_jax import checkpoint, convert, interpolate, methods, report, sharding, train
 from wlsft_jax.data import pipeline, tasks, templates as templates_lib
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
@@ -23,21 +23,47 @@ from wlsft_jax.models import classifier, two_towers
 ZERO_SHOT = "zeroshot"
 
 
-def report_metric(config) -> str:
-    """The metric the report tabulates: top-1, or for WLS the k-NN top-1 at eval.knn_report_k."""
+def report_metric(config, kind: str = tasks.ID) -> str:
+    """The metric the report tabulates for the ID (kind "id") or the OOD datasets ("ood"):
+    `eval.report_metrics[kind]` (top-1, or a task's official metric such as iWildCam's
+    macro-F1), or for WLS the k-NN top-1 at eval.knn_report_k."""
     if config[config.stages[-1]].method in methods.WLS_METHODS:
         return f"knn{config.eval.knn_report_k}_top1"
-    return "top1"
+    return config.eval.report_metrics[kind]
+
+
+def write_report(config, records, directory, *, id_dataset, ood_datasets, writer=None) -> str:
+    """The robustness report of `records` in the config's report metrics (`report_metric`):
+    tables and the ID-vs-OOD plot (`report.write_report`) and the metric-vs-alpha plot,
+    named after the metrics (top1_vs_alpha.png, top1_worst_region_top1_vs_alpha.png); returns
+    the Markdown table."""
+    datasets = dict(id_dataset=id_dataset, ood_datasets=ood_datasets)
+    metrics = dict(metric=report_metric(config, tasks.ID),
+                   ood_metric=report_metric(config, tasks.OOD))
+    table = report.write_report(records, directory, **datasets, **metrics, writer=writer)
+    plot_name = "_".join(dict.fromkeys(metrics.values()))
+    report.plot_metric_vs_alpha(records, epath.Path(directory) / f"{plot_name}_vs_alpha.png",
+                                **datasets, **metrics)
+    return table
 
 
 def check_names(config) -> None:
-    """Unknown domains / datasets are errors that list the valid ones (before anything is
-    compiled or read)."""
+    """Unknown domains / datasets, and report metrics that a dataset does not record, are errors
+    that list the valid ones (before anything is compiled or read)."""
     data = config.data
     tasks.check_names(data)
     if data.id_domain in data.ood_domains:
         raise ValueError(f"data.id_domain {data.id_domain!r} is also listed in data.ood_domains; "
                          "an OOD set must differ from the ID set.")
+    if config[config.stages[-1]].method in methods.WLS_METHODS:
+        return
+    for kind, names in ((tasks.ID, (data.id_domain,)), (tasks.OOD, tuple(data.ood_domains))):
+        metric = report_metric(config, kind)
+        for name in names:
+            valid = tasks.eval_metrics(data, name)
+            if metric not in valid:
+                raise ValueError(f"eval.report_metrics.{kind}={metric!r} is not recorded for "
+                                 f"{name!r}; its metrics: {list(valid)}.")
 
 
 def build_tokenizer(config, workdir: epath.Path) -> tokenizer_lib.Tokenizer:
@@ -115,13 +141,19 @@ def initial_clip(config, models):
 
 def make_evaluator(config, mesh, task, classifier_model):
     """(classifier_params, *, method, alpha, seed) -> report records: top-1/top-5 on every eval
-    set of `task` (ID first), each scored through its logits transform. The jitted counts are
-    built once per distinct transform and reused for every call."""
+    set of `task` (ID first), each scored through its logits transform, plus the set's metrics
+    of every example's prediction (`EvalSet.metrics`, e.g. WILDS's macro-F1). The jitted counts
+    are built once per distinct transform (and need of predictions) and reused for every call;
+    sets without such metrics never move predictions to the host."""
+    def counts_key(eval_set):
+        return eval_set.logits_transform, bool(eval_set.metrics)
+
     counts_fns = {}
     for eval_set in task.eval_sets:
-        if eval_set.logits_transform not in counts_fns:
-            counts_fns[eval_set.logits_transform] = zero_shot.jit_counts(
-                classifier_model, eval_set.logits_transform)
+        transform, predictions = key = counts_key(eval_set)
+        if key not in counts_fns:
+            counts_fns[key] = zero_shot.jit_counts(classifier_model, transform,
+                                                   predictions=predictions)
 
     def batches(eval_set):
         for batch in pipeline.eval_batches(eval_set.source, batch_size=config.eval.batch_size,
@@ -132,11 +164,11 @@ def make_evaluator(config, mesh, task, classifier_model):
     def evaluate(classifier_params, *, method, alpha, seed):
         records = []
         for eval_set in task.eval_sets:
-            accuracy = zero_shot.accuracy(counts_fns[eval_set.logits_transform],
-                                          classifier_params, batches(eval_set))
+            values = zero_shot.accuracy(counts_fns[counts_key(eval_set)], classifier_params,
+                                        batches(eval_set), metrics=eval_set.metrics)
             records += [dict(method=method, alpha=float(alpha), dataset=eval_set.name,
                              metric=metric, seed=seed, value=value, kind=eval_set.kind)
-                        for metric, value in accuracy.items()]
+                        for metric, value in values.items()]
         return records
 
     return evaluate

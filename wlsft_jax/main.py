@@ -46,7 +46,7 @@ def main(argv):
     from clu import metric_writers
     from etils import epath
 
-    from wlsft_jax import experiment, recipes, report, sharding
+    from wlsft_jax import experiment, recipes, sharding
 
     config = _CONFIG.value
     recipes.check_config(config)
@@ -79,13 +79,9 @@ def main(argv):
 
     records = experiment.run(config, workdir=workdir, mesh=mesh, writer=writer)
     if is_main_process:
-        metric = experiment.report_metric(config)
-        table = report.write_report(records, workdir / "report", id_dataset=config.data.id_domain,
-                                    ood_datasets=config.data.ood_domains, metric=metric,
-                                    writer=writer)
-        report.plot_metric_vs_alpha(records, workdir / "report" / f"{metric}_vs_alpha.png",
-                                    id_dataset=config.data.id_domain,
-                                    ood_datasets=config.data.ood_domains, metric=metric)
+        table = experiment.write_report(config, records, workdir / "report",
+                                        id_dataset=config.data.id_domain,
+                                        ood_datasets=config.data.ood_domains, writer=writer)
         print(table)
     writer.close()
 

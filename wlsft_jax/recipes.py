@@ -27,13 +27,16 @@ SECTION_KEYS = {
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
     "init": {"format", "path"},
-    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation"},
+    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
+             "report_metrics"},
     "text_encoder": {"format", "path"},
 }
 # Keys only weak language supervision reads: `wls` stages, their text encoder and k-NN evaluation.
 WLS_EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
               "checkpoint_every", "keep_checkpoints", "adapter", "label_key"}
+# The kinds of dataset that eval.report_metrics names a metric for.
+REPORT_KINDS = ("id", "ood")
 # Stage keys that only one method reads.
 METHOD_STAGE_KEYS = {"adapter": "wls", "label_key": "supervised"}
 
@@ -86,6 +89,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"config.{name}.{key} applies to method {method!r} only; stage "
                                  f"{name!r} has method {stage.method!r}.")
     _check_wls(config, stages)
+    _check_report_metrics(config, stages)
     if (config[stages[0]].method not in ("pretrain", "supervised")
             and config.init.format == "scratch"):
         raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
@@ -162,6 +166,27 @@ def _check_wls(config, stages) -> None:
     if inputs:
         raise ValueError(f"Stage(s) {inputs} set input, which WLS configs do not read (the "
                          "stand-in feeds 'wls'); remove it.")
+
+
+def _check_report_metrics(config, stages) -> None:
+    """A classifier config names the metric the report tabulates for the ID and for the OOD
+    datasets (eval.report_metrics; experiment.check_names checks that they are recorded); WLS
+    reports k-NN top-1 at eval.knn_report_k and sets none."""
+    present = "report_metrics" in config.eval
+    if config[stages[-1]].method == "wls":
+        if present:
+            raise ValueError("eval.report_metrics applies to classifier evaluation; a WLS config "
+                             "reports k-NN top-1 at eval.knn_report_k. Remove it.")
+        return
+    if not present:
+        raise ValueError(f"eval.report_metrics is unset; set it to a dict with keys "
+                         f"{list(REPORT_KINDS)}, e.g. dict(id='top1', ood='top1').")
+    metrics = config.eval.report_metrics
+    _unknown(metrics.keys(), REPORT_KINDS, "config.eval.report_metrics")
+    missing = [kind for kind in REPORT_KINDS if kind not in metrics]
+    if missing:
+        raise ValueError(f"config.eval.report_metrics lacks {missing}; name a metric for each of "
+                         f"{list(REPORT_KINDS)}.")
 
 
 def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
@@ -262,7 +287,8 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str)),
         stages=tuple(stages),
         eval=dict(batch_size=500, templates="simple",
-                  alphas=tuple(round(0.1 * i, 1) for i in range(11))),  # WiSE-FT's sweep.
+                  alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
+                  report_metrics=dict(id="top1", ood="top1")),  # What the report tabulates.
     ))
     for name, stage_config in stage_configs.items():
         config[name] = stage_config
@@ -290,14 +316,19 @@ def lp_stage(**overrides) -> ml_collections.ConfigDict:
 
 
 # The real-data tasks of the CLIP configs (`--config=configs/<x>_clip.py:<task>`): ID dataset,
-# OOD datasets (the report averages OOD accuracy over exactly these), shared label space, and
-# fine-tuning steps / warm-up for 10 epochs at batch size 512.
-REAL_TASKS = {
+# OOD datasets (the report averages over exactly these), shared label space, fine-tuning batch
+# size, steps (epochs x training images // batch size) and warm-up, weight decay, and the metrics
+# the report tabulates for the ID and the OOD datasets. Unless a task says otherwise: batch size
+# 512 and weight decay 0.1 (WiSE-FT's and FLYP's ImageNet recipe), reported by top-1.
+_REAL_TASK_DEFAULTS = dict(label_space=None, batch_size=512, wd=0.1,
+                           report_metrics=dict(id="top1", ood="top1"))
+REAL_TASKS = {name: {**_REAL_TASK_DEFAULTS, **spec} for name, spec in {
+    # 10 epochs of ImageNet's 1,281,167 training images.
     "imagenet": dict(id_domain="imagenet2012",
                      ood_domains=("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch",
                                   "objectnet"),
-                     label_space=None, steps=25_020, warmup_steps=500),
-    # CIFAR-10 -> STL-10 in the 9 classes they share (45,000 training images).
+                     steps=25_020, warmup_steps=500),
+    # CIFAR-10 -> STL-10 in the 9 classes they share (45,000 training images), 10 epochs.
     "cifar10_stl": dict(id_domain="cifar10", ood_domains=("stl10",), label_space="cifar_stl",
                         steps=880, warmup_steps=50),
     # LP-FT's DomainNet shift: sketches ID, the other domains OOD, in the 40 classes of Tan et
@@ -305,7 +336,24 @@ REAL_TASKS = {
     "domainnet": dict(id_domain="domainnet/sketch",
                       ood_domains=("domainnet/real", "domainnet/painting", "domainnet/clipart"),
                       label_space="domainnet40", steps=108, warmup_steps=10),
-}
+    # WILDS with FLYP's recipe: 20 epochs at batch size 256, weight decay 0.2, 500 warm-up steps;
+    # ID = WILDS's id_test split, OOD = its test split (data.tasks.SPLITS). iWildCam (129,809
+    # training images) is scored by macro-F1; FMoW (76,863) by top-1 ID and by worst-region
+    # accuracy OOD, the metrics WILDS and the papers report.
+    "iwildcam": dict(id_domain="iwildcam/id", ood_domains=("iwildcam/ood",), batch_size=256,
+                     wd=0.2, steps=10_140, warmup_steps=500,
+                     report_metrics=dict(id="macro_f1", ood="macro_f1")),
+    "fmow": dict(id_domain="fmow/id", ood_domains=("fmow/ood",), batch_size=256, wd=0.2,
+                 steps=6_000, warmup_steps=500,
+                 report_metrics=dict(id="top1", ood="worst_region_top1")),
+    # BREEDS as LP-FT: trained on the source subpopulations (ImageNet train), tested on them ID
+    # and on the target subpopulations OOD (ImageNet val), 20 epochs. Training images: Living-17
+    # 34 ImageNet classes, Entity-30 120, about 1,300 each (44,200 and 156,000).
+    "living17": dict(id_domain="living17/source", ood_domains=("living17/target",),
+                     steps=1_720, warmup_steps=50),
+    "entity30": dict(id_domain="entity30/source", ood_domains=("entity30/target",),
+                     steps=6_080, warmup_steps=500),
+}.items()}
 
 
 def real_data(task: str, **overrides) -> ml_collections.ConfigDict:
@@ -328,10 +376,13 @@ def real_data(task: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def real_stage(method: str, task: str, **overrides) -> ml_collections.ConfigDict:
-    """A fine-tuning stage of 10 epochs at batch size 512 on `task`'s ID training set."""
+    """A fine-tuning stage on `task`'s ID training set with the task's batch size, steps,
+    warm-up and weight decay (REAL_TASKS)."""
     spec = REAL_TASKS[task]
-    optim_overrides = dict(warmup_steps=spec["warmup_steps"], **overrides.pop("optim", {}))
-    return stage(method, steps=spec["steps"], batch_size=512, optim=optim_overrides, **overrides)
+    optim_overrides = {"warmup_steps": spec["warmup_steps"], "wd": spec["wd"],
+                       **overrides.pop("optim", {})}
+    return stage(method, steps=spec["steps"], batch_size=spec["batch_size"], optim=optim_overrides,
+                 **overrides)
 
 
 def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDict:
@@ -352,6 +403,7 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
     config.model = ml_collections.ConfigDict(dict(img=dict(variant="B/16"), txt=dict(
         width=512, depth=12, num_heads=8, mlp_dim=2048), embed_dim=512, dtype="bfloat16"))
     config.eval.templates = "openai_imagenet"
+    config.eval.report_metrics = dict(REAL_TASKS[task]["report_metrics"])
     return config
 
 
@@ -377,8 +429,10 @@ def wls_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     config.data.captions_path = ml_collections.config_dict.placeholder(str)
     config.eval.update(dict(knn_ks=(10, 20, 100, 200), knn_report_k=20, representation="cls",
                             alphas=(0.0, 0.25, 0.5, 0.75, 1.0)))
-    # The text tower is the text encoder's, and no zero-shot head is built.
+    # The text tower is the text encoder's, no zero-shot head is built, and the report shows
+    # k-NN top-1 at eval.knn_report_k.
     del config.model["txt"], config.model["embed_dim"], config.eval["templates"]
+    del config.eval["report_metrics"]
     return config
 
 

@@ -5,6 +5,9 @@ A run's results are flat records, one per (method, alpha, dataset, metric, seed)
 with ``value`` a fraction in [0, 1] (top-1 accuracy 0.762, not 76.2).
 
 Conventions (the choices the protocol leaves open):
+- The ID column shows ``metric``, the OOD columns ``ood_metric`` (default: the same), so a task
+  whose official OOD metric differs (FMoW: top-1 ID, worst-region accuracy OOD) is tabulated as
+  its papers do.
 - Average OOD is the plain mean, in probability space, over the explicit ``ood_datasets`` list,
   per seed (as in WiSE-FT). OOD records of other datasets stay out of the table and are named
   in report.md.
@@ -19,7 +22,8 @@ Conventions (the choices the protocol leaves open):
   value alone. Cells are percentages with one decimal; effective robustness is in points.
 - TensorBoard: ``writer.write_scalars(round(alpha * 100), ...)`` with seed-mean fractions named
   ``report/{method}/{dataset}/{metric}``, where dataset is the ID or an OOD dataset, ``avg_ood``
-  or ``effective_robustness``. The caller owns (flushes, closes) the writer.
+  or ``effective_robustness`` (named with the OOD metric). The caller owns (flushes, closes)
+  the writer.
 """
 import csv
 import dataclasses
@@ -153,15 +157,29 @@ def _unique_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     return [unique[key] for key in sorted(unique)]
 
 
+def _kind_metrics(metric: str, ood_metric: str | None) -> dict[str, str]:
+    """{"id": metric, "ood": ood_metric}, the OOD metric defaulting to the ID one."""
+    return {"id": metric, "ood": ood_metric or metric}
+
+
+def _metric_label(metrics: Mapping[str, str]) -> str:
+    """The metric's name, or e.g. "top1 (ID), worst_region_top1 (OOD)" when the kinds differ."""
+    if metrics["id"] == metrics["ood"]:
+        return metrics["id"]
+    return f"{metrics['id']} (ID), {metrics['ood']} (OOD)"
+
+
 def _check_datasets(
-    records: list[dict], *, id_dataset: str, ood_datasets: Sequence[str], metric: str
+    records: list[dict], *, id_dataset: str, ood_datasets: Sequence[str],
+    metrics: Mapping[str, str],
 ) -> None:
-    """Every reported dataset has records of the metric, all of the kind it is reported as."""
+    """Every reported dataset has records of its metric, all of the kind it is reported as."""
     datasets = sorted({r["dataset"] for r in records})
     for dataset, kind in [(id_dataset, "id"), *((d, "ood") for d in ood_datasets)]:
         if dataset not in datasets:
             raise ValueError(
-                f"{kind.upper()} dataset {dataset!r} has no records for metric {metric!r}; "
+                f"{kind.upper()} dataset {dataset!r} has no records for metric "
+                f"{metrics[kind]!r}; "
                 f"datasets with records: {datasets}."
             )
         wrong_kinds = sorted({r["kind"] for r in records if r["dataset"] == dataset} - {kind})
@@ -173,21 +191,30 @@ def _check_datasets(
 
 
 def _build_rows(
-    records: list[dict], *, id_dataset: str, ood_datasets: Sequence[str], metric: str
+    records: list[dict], *, id_dataset: str, ood_datasets: Sequence[str],
+    metrics: Mapping[str, str],
 ) -> list[Row]:
-    """Rows with ID, per-OOD and average-OOD columns from the records of one metric."""
-    metrics = sorted({r["metric"] for r in records})
-    if metric not in metrics:
-        raise ValueError(f"No records for metric {metric!r}; metrics with records: {metrics}.")
-    records = [r for r in records if r["metric"] == metric]
-    _check_datasets(records, id_dataset=id_dataset, ood_datasets=ood_datasets, metric=metric)
+    """Rows with ID, per-OOD and average-OOD columns: the ID dataset's records of
+    metrics["id"], every other dataset's of metrics["ood"]."""
+    recorded = sorted({r["metric"] for r in records})
+    for metric in dict.fromkeys(metrics.values()):
+        if metric not in recorded:
+            raise ValueError(f"No records for metric {metric!r}; metrics with records: "
+                             f"{recorded}.")
+
+    def metric_of(dataset):
+        return metrics["id" if dataset == id_dataset else "ood"]
+
+    records = [r for r in records if r["metric"] == metric_of(r["dataset"])]
+    _check_datasets(records, id_dataset=id_dataset, ood_datasets=ood_datasets, metrics=metrics)
     values = {(r["method"], r["alpha"], r["dataset"], r["seed"]): r["value"] for r in records}
     rows = []
     for method, alpha in sorted({(r["method"], r["alpha"]) for r in records}):
         seeds = sorted(s for m, a, d, s in values if (m, a, d) == (method, alpha, id_dataset))
         if not seeds:
             raise ValueError(
-                f"{method} at alpha={alpha:g} has no {id_dataset!r} (ID) record for {metric!r}; "
+                f"{method} at alpha={alpha:g} has no {id_dataset!r} (ID) record for "
+                f"{metrics['id']!r}; "
                 "every (method, alpha) needs ID and OOD records."
             )
         columns = {}
@@ -201,7 +228,8 @@ def _build_rows(
             columns[dataset] = np.array([values[method, alpha, dataset, s] for s in seeds])
             if np.any((columns[dataset] < 0) | (columns[dataset] > 1)):
                 raise ValueError(
-                    f"{method} at alpha={alpha:g} has {metric} on {dataset!r} outside [0, 1] "
+                    f"{method} at alpha={alpha:g} has {metric_of(dataset)} on {dataset!r} "
+                    "outside [0, 1] "
                     f"({columns[dataset].tolist()}); the report takes fractions (0.762, not 76.2)."
                 )
         columns[AVG_OOD] = np.mean([columns[d] for d in ood_datasets], axis=0)
@@ -238,12 +266,18 @@ def _format_cell(values: np.ndarray, signed: bool = False) -> str:
     return f"{mean} ± {100 * np.std(values, ddof=STD_DDOF):.1f}"
 
 
-def markdown_table(rows: Sequence[Row], *, id_dataset: str, ood_datasets: Sequence[str]) -> str:
-    """One line per (method, alpha): ID, each OOD set, average OOD, effective robustness."""
-    header = [
-        "Method", "α", f"ID: {id_dataset}", *ood_datasets, f"Avg OOD ({len(ood_datasets)})",
-        "Eff. robustness",
-    ]
+def markdown_table(
+    rows: Sequence[Row], *, id_dataset: str, ood_datasets: Sequence[str],
+    metrics: Mapping[str, str] | None = None,
+) -> str:
+    """One line per (method, alpha): ID, each OOD set, average OOD, effective robustness.
+
+    With `metrics` whose ID and OOD metrics differ, the ID and average-OOD headers name them.
+    """
+    id_header, ood_header = f"ID: {id_dataset}", f"Avg OOD ({len(ood_datasets)})"
+    if metrics is not None and metrics["id"] != metrics["ood"]:
+        id_header, ood_header = f"{id_header} [{metrics['id']}]", f"{ood_header} [{metrics['ood']}]"
+    header = ["Method", "α", id_header, *ood_datasets, ood_header, "Eff. robustness"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.method, f"{row.alpha:g}"]
@@ -257,7 +291,8 @@ def markdown_table(rows: Sequence[Row], *, id_dataset: str, ood_datasets: Sequen
 
 
 def plot_id_vs_ood(
-    rows: Sequence[Row], line: BaselineLine | None, path, *, id_dataset: str, metric: str
+    rows: Sequence[Row], line: BaselineLine | None, path, *, id_dataset: str,
+    metrics: Mapping[str, str],
 ) -> None:
     """WiSE-FT-style figure: an alpha-curve per method on logit axes, baseline fit, y = x."""
     figure = Figure(figsize=(6.5, 5.5))
@@ -295,8 +330,8 @@ def plot_id_vs_ood(
         axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(*limits)
     ax.set_ylim(*limits)
-    ax.set_xlabel(f"ID {metric} ({id_dataset})")
-    ax.set_ylabel(f"Average OOD {metric}")
+    ax.set_xlabel(f"ID {metrics['id']} ({id_dataset})")
+    ax.set_ylabel(f"Average OOD {metrics['ood']}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
@@ -304,13 +339,17 @@ def plot_id_vs_ood(
         figure.savefig(f, format="png", dpi=120)
 
 
-def write_scalars(writer, rows: Sequence[Row], *, metric: str) -> None:
-    """Seed means as `report/{method}/{dataset}/{metric}` at step round(alpha * 100)."""
+def write_scalars(
+    writer, rows: Sequence[Row], *, id_dataset: str, metrics: Mapping[str, str]
+) -> None:
+    """Seed means as `report/{method}/{dataset}/{metric}` at step round(alpha * 100), with the
+    ID dataset's metric for its column and the OOD metric for every other column."""
     scalars_by_step = {}
     for row in rows:
         step = round(row.alpha * 100)
         scalars = scalars_by_step.setdefault(step, {})
         for dataset in row.columns:
+            metric = metrics["id" if dataset == id_dataset else "ood"]
             name = f"report/{row.method}/{dataset}/{metric}"
             if name in scalars:
                 raise ValueError(
@@ -329,6 +368,7 @@ def write_report(
     id_dataset: str,
     ood_datasets: Sequence[str],
     metric: str = "top1",
+    ood_metric: str | None = None,
     baselines: Sequence[tuple[str, float]] | None = None,
     writer=None,
 ) -> str:
@@ -339,7 +379,9 @@ def write_report(
       out_dir: created if missing.
       id_dataset: the in-distribution dataset.
       ood_datasets: the OOD datasets to show and average, explicitly; each needs records.
-      metric: the metric whose records are tabulated and plotted.
+      metric: the metric whose records are tabulated and plotted (of the ID dataset, and of
+        the OOD datasets unless ood_metric is given).
+      ood_metric: the OOD datasets' metric when it differs, e.g. FMoW's "worst_region_top1".
       baselines: (method, alpha) pairs that the effective-robustness line is fitted through;
         None means every (method, alpha) with alpha in {0, 1}.
       writer: optional clu MetricWriter that receives the table's numbers as scalars.
@@ -351,7 +393,8 @@ def write_report(
             f"the ID dataset {id_dataset!r}."
         )
     records = _unique_records(records)
-    rows = _build_rows(records, id_dataset=id_dataset, ood_datasets=ood_datasets, metric=metric)
+    metrics = _kind_metrics(metric, ood_metric)
+    rows = _build_rows(records, id_dataset=id_dataset, ood_datasets=ood_datasets, metrics=metrics)
     if baselines is None:
         baselines = [(row.method, row.alpha) for row in rows if row.alpha in (0.0, 1.0)]
     baselines = [(str(method), float(alpha)) for method, alpha in baselines]
@@ -361,7 +404,7 @@ def write_report(
             predicted = line.predict(row.columns[id_dataset])
             row.columns[EFFECTIVE_ROBUSTNESS] = row.columns[AVG_OOD] - predicted
     if writer is not None:  # first: a step clash is an error before any file is written
-        write_scalars(writer, rows, metric=metric)
+        write_scalars(writer, rows, id_dataset=id_dataset, metrics=metrics)
 
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,20 +414,21 @@ def write_report(
         csv_writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
         csv_writer.writeheader()
         csv_writer.writerows(records)
-    table = markdown_table(rows, id_dataset=id_dataset, ood_datasets=ood_datasets)
+    table = markdown_table(rows, id_dataset=id_dataset, ood_datasets=ood_datasets,
+                           metrics=metrics)
     excluded = sorted(
-        {r["dataset"] for r in records if r["metric"] == metric and r["kind"] == "ood"}
+        {r["dataset"] for r in records if r["metric"] == metrics["ood"] and r["kind"] == "ood"}
         - set(ood_datasets)
     )
     with (out_dir / "report.md").open("w") as f:
         f.write(
             _report_markdown(
                 table, rows, line, baselines, excluded, id_dataset=id_dataset,
-                ood_datasets=ood_datasets, metric=metric,
+                ood_datasets=ood_datasets, metrics=metrics,
             )
         )
     plot_id_vs_ood(
-        rows, line, out_dir / "id_vs_ood.png", id_dataset=id_dataset, metric=metric
+        rows, line, out_dir / "id_vs_ood.png", id_dataset=id_dataset, metrics=metrics
     )
     return table
 
@@ -398,7 +442,7 @@ def _report_markdown(
     *,
     id_dataset: str,
     ood_datasets: Sequence[str],
-    metric: str,
+    metrics: Mapping[str, str],
 ) -> str:
     """report.md: what was measured and how, the table, and the plot."""
 
@@ -413,9 +457,10 @@ def _report_markdown(
         else "n/a (fewer than two distinct baseline ID values)"
     )
     lines = [
-        f"# Robustness report: {metric}",
+        f"# Robustness report: {_metric_label(metrics)}",
         "",
-        f"- ID: `{id_dataset}`. OOD, averaged: {names(ood_datasets)}.",
+        f"- ID: `{id_dataset}` ({metrics['id']}). OOD, averaged: {names(ood_datasets)} "
+        f"({metrics['ood']}).",
         f"- OOD records left out of the average: {names(excluded_ood)}.",
         f"- Values in %, one decimal; mean ± std over seeds (ddof={STD_DDOF}); seeds per row: "
         f"{seed_counts}.",
@@ -437,12 +482,15 @@ def plot_metric_vs_alpha(
     id_dataset: str,
     ood_datasets: Sequence[str],
     metric: str = "top1",
+    ood_metric: str | None = None,
 ) -> None:
     """`metric` against alpha for each method: ID (solid), average OOD (dashed) and each OOD
     dataset (thin), seed means; the weak-language-supervision figure of k-NN accuracy versus
-    adapter alpha, and WiSE-FT's curves read along alpha."""
+    adapter alpha, and WiSE-FT's curves read along alpha. OOD curves show `ood_metric` when
+    given (as in `write_report`)."""
+    metrics = _kind_metrics(metric, ood_metric)
     rows = _build_rows(_unique_records(records), id_dataset=id_dataset,
-                       ood_datasets=list(ood_datasets), metric=metric)
+                       ood_datasets=list(ood_datasets), metrics=metrics)
     figure = Figure(figsize=(6.5, 5.0))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
@@ -458,8 +506,8 @@ def plot_metric_vs_alpha(
                     color=drawn.get_color())
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("alpha (0: pretrained, 1: tuned)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs alpha (thin: each OOD dataset)", fontsize=10)
+    ax.set_ylabel(_metric_label(metrics))
+    ax.set_title(f"{_metric_label(metrics)} vs alpha (thin: each OOD dataset)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()

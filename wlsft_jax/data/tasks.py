@@ -6,11 +6,12 @@
 - "real": datasets by name (`sources.get_source`) from `data.data_dir` or $TFDS_DATA_DIR.
   `data.id_domain` is trained on its train split and evaluated on its held-out split (`SPLITS`),
   each of `data.ood_domains` on its evaluation split; `data.label_space` (e.g. "cifar_stl") reads
-  them all in a shared label space. Encoded images go through the dataset's decode operations,
-  then a random resized crop (train) or CLIP's evaluation view (eval: bicubic resize of the
-  shorter side, central crop) to `data.image_size`. An OOD set whose classes are a subset
-  (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored through a logits transform
-  onto its own classes.
+  them all in a shared label space. WILDS and BREEDS name their ID and OOD parts
+  ("iwildcam/id" / "iwildcam/ood", "living17/source" / "living17/target"). Encoded images go
+  through the dataset's decode operations, then a random resized crop (train) or CLIP's
+  evaluation view (eval: bicubic resize of the shorter side, central crop) to
+  `data.image_size`. An OOD set whose classes are a subset (ImageNet-R / -A) or groups
+  (ObjectNet) of the ID classes is scored through a logits transform onto its own classes.
 `data.captions` (imagenet_20k / cc_20k / coco_10k, read from `data.captions_path`) replaces the
 caption pairs of weak language supervision, which are otherwise the world's ID training records.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import grain.python as grain
 import numpy as np
 
-from wlsft_jax.data import captions, label_spaces, pipeline, sources, transforms, world
+from wlsft_jax.data import captions, label_spaces, pipeline, sources, transforms, wilds, world
 
 SOURCES = ("world", "real")
 ID, OOD = "id", "ood"
@@ -32,14 +33,37 @@ ID, OOD = "id", "ood"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSplits:
-    """The splits a real dataset is read from in each role (None: it cannot play that role)."""
+    """The splits a real dataset is read from in each role (None: it cannot play that role).
+
+    A name that stands for one part of a dataset ("iwildcam/ood", "living17/target") also says
+    which `sources.get_source` dataset it reads and with which options. `metrics` are the
+    metrics of every example's prediction (`wilds.METRICS`) recorded besides top-1 / top-5.
+    """
     train: str | None  # Trained on, as the ID dataset.
     id_eval: str | None  # Held-out ID evaluation.
     ood_eval: str | None  # Evaluated as an OOD dataset.
+    source: str | None = None  # The get_source name (None: the config's name itself).
+    options: tuple[tuple[str, str], ...] = ()  # get_source keywords, e.g. a subpopulation.
+    metrics: tuple[str, ...] = ()
 
 
-# Keyed by the dataset's base name ("domainnet" for "domainnet/sketch"). WILDS's own scheme:
-# train / id_test in distribution, test out of distribution.
+def _wilds(name: str, metric: str) -> dict[str, DatasetSplits]:
+    """WILDS's own scheme: train / id_test in distribution ("<name>/id"), test out of
+    distribution ("<name>/ood"), scored by `metric` besides top-1 / top-5."""
+    return {f"{name}/id": DatasetSplits("train", "id_test", None, source=name, metrics=(metric,)),
+            f"{name}/ood": DatasetSplits(None, None, "test", source=name, metrics=(metric,))}
+
+
+def _breeds(name: str) -> dict[str, DatasetSplits]:
+    """BREEDS as LP-FT reads it: the source subpopulations ("<name>/source") trained on ImageNet
+    train and tested on ImageNet val in distribution, the target ones ("<name>/target") OOD."""
+    return {f"{name}/source": DatasetSplits("train", "val", None, source=name,
+                                            options=(("subpopulation", "source"),)),
+            f"{name}/target": DatasetSplits(None, None, "val", source=name,
+                                            options=(("subpopulation", "target"),))}
+
+
+# Keyed by the config's dataset name, or by its base name ("domainnet" for "domainnet/sketch").
 SPLITS = {
     "imagenet2012": DatasetSplits("train", "validation", None),
     "imagenet_v2": DatasetSplits(None, None, "test"),
@@ -51,21 +75,38 @@ SPLITS = {
     "cifar10_1": DatasetSplits(None, None, "test"),
     "stl10": DatasetSplits("train", "test", "test"),
     "domainnet": DatasetSplits("train", "test", "test"),
-    "iwildcam": DatasetSplits("train", "id_test", "test"),
-    "fmow": DatasetSplits("train", "id_test", "test"),
+    **_wilds("iwildcam", "macro_f1"),
+    **_wilds("fmow", "worst_region_top1"),
+    **_breeds("living17"),
+    **_breeds("entity30"),
 }
+
+
+def dataset_splits(name: str) -> DatasetSplits | None:
+    """The SPLITS entry of a config's dataset name (None: not a supported dataset)."""
+    return SPLITS.get(name, SPLITS.get(name.partition("/")[0]))
+
+
+def eval_metrics(data, name: str) -> tuple[str, ...]:
+    """The metrics evaluation records for dataset `name` of `data`: top-1, top-5 and, for
+    WILDS, its official metric."""
+    splits = dataset_splits(name) if data.source == "real" else None
+    return ("top1", "top5", *(splits.metrics if splits else ()))
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """One evaluation set: its records, their operations (ending in image/label/mask), and the
-    transform from the classifier's logits onto this set's classes (None: the same classes)."""
+    """One evaluation set: its records, their operations (ending in image/label/mask and the
+    fields its metrics read), the transform from the classifier's logits onto this set's classes
+    (None: the same classes), and the metrics of every example's prediction it is scored by
+    besides top-1 / top-5 (names in `wilds.METRICS`; the evaluator then gathers predictions)."""
     name: str
     kind: str  # ID or OOD.
     source: Any  # A grain RandomAccessDataSource.
     operations: tuple[grain.Transformation, ...]
     num_classes: int
     logits_transform: Callable | None = None
+    metrics: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +153,7 @@ def check_names(data) -> None:
     roles = {"data.id_domain": ("train", "id_eval"), "data.ood_domains": ("ood_eval",)}
     for key, domains in named.items():
         for name in domains:
-            splits = SPLITS.get(name.partition("/")[0])
+            splits = dataset_splits(name)
             if splits is None or any(getattr(splits, role) is None for role in roles[key]):
                 valid = [n for n, s in SPLITS.items()
                          if all(getattr(s, role) is not None for role in roles[key])]
@@ -143,13 +184,16 @@ def _normalize(data) -> transforms.Normalize:
     return transforms.Normalize(mean=tuple(data.mean), std=tuple(data.std))
 
 
-_EVAL_KEYS = transforms.SelectKeys(("image", "label", pipeline.MASK_KEY))
+def _eval_keys(metrics=()) -> transforms.SelectKeys:
+    """Keeps image, label, mask and the record fields that `metrics` read (FMoW's region)."""
+    fields = (field for name in metrics for field in wilds.METRICS[name].fields)
+    return transforms.SelectKeys(("image", "label", pipeline.MASK_KEY, *dict.fromkeys(fields)))
 
 
-def _eval_view(data) -> list[grain.Transformation]:
+def _eval_view(data, metrics=()) -> list[grain.Transformation]:
     """Decoded uint8 real image -> CLIP's evaluation view, normalised, with the eval keys (after
     a dataset's own decode operations, e.g. ObjectNet's border crop, as WiSE-FT orders them)."""
-    return [transforms.ResizeCenterCrop(data.image_size), _normalize(data), _EVAL_KEYS]
+    return [transforms.ResizeCenterCrop(data.image_size), _normalize(data), _eval_keys(metrics)]
 
 
 def _world_task(data, seed: int) -> Task:
@@ -160,7 +204,7 @@ def _world_task(data, seed: int) -> Task:
 
     train = source("train", (data.id_domain,), data.train_examples_per_domain)
     pretrain_domains = tuple(data.pretrain_domains)
-    eval_operations = (_normalize(data), _EVAL_KEYS)
+    eval_operations = (_normalize(data), _eval_keys())
     eval_sets = tuple(
         EvalSet(name=domain, kind=kind, operations=eval_operations, num_classes=len(world.CLASSES),
                 source=source("test", (domain,), data.eval_examples_per_domain))
@@ -179,8 +223,10 @@ def _real_task(data) -> Task:
     options = {} if data.label_space is None else {"label_space": data.label_space}
 
     def read(name, role, limit):
-        split = getattr(SPLITS[name.partition("/")[0]], role)
-        source, info = sources.get_source(name, split=split, data_dir=data.data_dir, **options)
+        splits = dataset_splits(name)
+        source, info = sources.get_source(splits.source or name, split=getattr(splits, role),
+                                          data_dir=data.data_dir, **dict(splits.options),
+                                          **options)
         return (source if limit is None else EvenlySpaced(source, limit)), info
 
     train, train_info = read(data.id_domain, "train", data.train_examples_per_domain)
@@ -191,9 +237,11 @@ def _real_task(data) -> Task:
                             data.eval_examples_per_domain)
         transform = logits_transform(info)
         _check_classes(name, info, transform, class_names)
-        operations = (*info.decode_operations, *_eval_view(data))
+        metrics = dataset_splits(name).metrics
+        operations = (*info.decode_operations, *_eval_view(data, metrics))
         eval_sets.append(EvalSet(name=name, kind=kind, source=source, operations=operations,
-                                 num_classes=info.num_classes, logits_transform=transform))
+                                 num_classes=info.num_classes, logits_transform=transform,
+                                 metrics=metrics))
     train_eval_set = EvalSet(
         name=data.id_domain, kind=ID, source=train, num_classes=train_info.num_classes,
         operations=(*train_info.decode_operations, *_eval_view(data)))

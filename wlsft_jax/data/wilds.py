@@ -7,12 +7,12 @@ Layouts (as the `wilds` package downloads them):
 - `<data_dir>/fmow_v1.1/`: rgb_metadata.csv (columns split, category, country_code, timestamp),
   country_code_mapping.csv (columns alpha-3, region), images/rgb_img_<row>.png.
 Splits follow WILDS's official schemes: train, val / test (OOD), id_val / id_test.
-iWildCam is scored by macro-F1, FMoW by worst-region accuracy.
+iWildCam is scored by macro-F1, FMoW by worst-region accuracy (`METRICS`).
 """
 import csv
 import datetime
 import io
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from etils import epath
@@ -149,3 +149,17 @@ def worst_region_accuracy(labels: Sequence[int], predictions: Sequence[int],
     if not accuracies:
         raise ValueError("No example lies in a region other than 'Other'.")
     return float(np.min(accuracies))
+
+
+class PredictionMetric(NamedTuple):
+    """A metric of every example's prediction: `function(labels, predictions, *fields)`, where
+    `fields` name the per-record values it reads besides the label (FMoW's region)."""
+    function: Callable[..., float]
+    fields: tuple[str, ...] = ()
+
+
+# WILDS's official metrics by the name their report records carry.
+METRICS = {
+    "macro_f1": PredictionMetric(macro_f1),
+    "worst_region_top1": PredictionMetric(worst_region_accuracy, ("region",)),
+}

@@ -1,4 +1,5 @@
-"""Zero-shot classification heads from a CLIP text tower, and classifier accuracy.
+"""Zero-shot classification heads from a CLIP text tower, and classifier accuracy (top-k, and
+the WILDS metrics of every example's prediction).
 
 The head follows CLIP / WiSE-FT: each class embedding is the mean over prompt templates of the
 L2-normalised text embeddings, renormalised; logits = temperature * (image embedding . class
@@ -10,6 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+
+from wlsft_jax.data import wilds
+from wlsft_jax.data.pipeline import MASK_KEY
+
+PREDICTION = "prediction"
 
 
 def class_prompt_tokens(tokenizer, class_names, templates) -> np.ndarray:
@@ -37,31 +44,53 @@ def topk_correct(logits, labels, mask, ks=(1, 5)) -> dict:
     return {f"top{k}": jnp.sum((ranks < k) & mask) for k in ks if k <= logits.shape[1]}
 
 
-def jit_counts(classifier_model, logits_transform=None):
+def jit_counts(classifier_model, logits_transform=None, *, predictions: bool = False):
     """Jitted (params, batch) -> counts of top-1/top-5 hits and of examples, over unmasked rows.
 
     `logits_transform` maps the classifier's logits onto the eval set's classes first (e.g.
     `label_spaces.restrict_logits` for ImageNet-R); None keeps them. The counts are replicated
-    scalars, so summing them on the host works on any mesh and host.
+    scalars, so summing them on the host works on any mesh and host. With `predictions`, the
+    output also holds each row's predicted class ("prediction", the argmax of the transformed
+    logits, sharded like the batch) for the metrics `accuracy` computes on the host.
     """
 
     def counts(params, batch):
         logits, _ = classifier_model.apply({"params": params}, batch["image"])
         if logits_transform is not None:
             logits = logits_transform(logits)
-        return dict(topk_correct(logits, batch["label"], batch["mask"]),
-                    count=jnp.sum(batch["mask"]))
+        outputs = dict(topk_correct(logits, batch["label"], batch["mask"]),
+                       count=jnp.sum(batch["mask"]))
+        if predictions:
+            outputs[PREDICTION] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return outputs
 
     return jax.jit(counts)
 
 
-def accuracy(counts_fn, params, batches) -> dict:
-    """Top-1/top-5 accuracy from `jit_counts` over eval batches (padding rows are masked out)."""
-    totals = {}
+def accuracy(counts_fn, params, batches, metrics=()) -> dict:
+    """Top-1/top-5 accuracy from `jit_counts` over eval batches (padding rows are masked out),
+    and each of `metrics` (names in `wilds.METRICS`, e.g. macro-F1) from every real example's
+    prediction: then `counts_fn` has predictions=True and the batches carry the record fields
+    the metrics read. Predictions are gathered from the global arrays of all processes."""
+    fields = tuple(dict.fromkeys(field for name in metrics for field in wilds.METRICS[name].fields))
+    totals, rows = {}, []
     for batch in batches:
-        for name, value in counts_fn(params, batch).items():
+        counts = dict(counts_fn(params, batch))
+        if metrics:  # Device arrays: gathered once, after the last batch is dispatched.
+            rows.append({key: batch[key] for key in ("label", MASK_KEY, *fields)}
+                        | {PREDICTION: counts.pop(PREDICTION)})
+        for name, value in counts.items():
             totals[name] = totals.get(name, 0) + int(value)
     count = totals.pop("count", 0)
     if count == 0:
         raise ValueError("The evaluation set is empty: no batch had an unmasked example.")
-    return {name: value / count for name, value in totals.items()}
+    values = {name: value / count for name, value in totals.items()}
+    if metrics:
+        gathered = multihost_utils.process_allgather(rows, tiled=True)
+        real = {key: np.concatenate([row[key][row[MASK_KEY]] for row in gathered])
+                for key in ("label", PREDICTION, *fields)}
+        for name in metrics:
+            metric = wilds.METRICS[name]
+            values[name] = metric.function(real["label"], real[PREDICTION],
+                                           *(real[field] for field in metric.fields))
+    return values
