@@ -10,6 +10,8 @@
 #   launch/tpu_pod.sh --config=configs/flyp_clip.py:imagenet --config.init.path=gs://MY_BUCKET/clip-vit-base-patch16
 #
 # With no arguments it runs the embedded default (configs/flyp_clip.py), which needs no data.
+# To evaluate finished runs' checkpoints over alphas and datasets instead of training, use
+# launch/sweep.py (README: "Sweeping checkpoints"); it reads and writes gs:// paths as well.
 #
 # Preemption / restarts: rerun the same command. A preempted TPU (spot or maintenance) is
 # deleted and created again, the code is reinstalled, and every stage resumes from its last

@@ -143,6 +143,15 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE][
             "params"]
 
+    def param_names(self, step: int) -> list[str]:
+        """The top-level names of the params saved at `step`, read from the checkpoint's
+        metadata (no arrays): a sweep tells a CLIP ({img, txt, ...}) from a classifier."""
+        self._check_step(step)
+        self.wait_until_finished()
+        # Step directories are named by the bare step number (the manager sets no prefix).
+        tree = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / STATE)
+        return sorted(tree["params"])
+
     def metadata(self, step: int) -> dict[str, Any]:
         """The metadata dict saved at `step`."""
         self._check_step(step)

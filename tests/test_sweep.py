@@ -1,0 +1,241 @@
+"""launch/sweep.py: 2 checkpoints x 3 alphas x 2 datasets give 12 cells that match the main run's
+WiSE-FT sweep; a sweep killed half-way completes only its missing cells on rerun; a failing cell
+is reported while the others complete; bad input is an error naming the valid choices."""
+import dataclasses
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from wlsft_jax import checkpoint, experiment, sharding
+from wlsft_jax.data import tasks, tokenizer as tokenizer_lib, world
+from test_configs import REPO, load
+
+_SPEC = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
+sweep = sys.modules["sweep"] = importlib.util.module_from_spec(_SPEC)  # A script, not a package.
+_SPEC.loader.exec_module(sweep)
+
+CONFIG = os.path.join(REPO, "configs", "flyp_clip.py")
+TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_domain=16",
+        "--config.data.worker_count=0", "--config.data.ood_domains=('sketch','painting')",
+        "--config.eval.batch_size=16", "--config.model.txt.width=32", "--config.model.txt.depth=1",
+        "--config.model.txt.num_heads=2", "--config.model.txt.mlp_dim=64",
+        "--config.model.embed_dim=32")
+ALPHAS = (0.0, 0.5, 1.0)
+DATASETS = ("photo", "sketch")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Stage directories as earlier runs leave them: a tiny pretrained CLIP, a fine-tuned CLIP
+    (as FLYP leaves) and a fine-tuned classifier (as FT leaves), each one orbax checkpoint."""
+    root = tmp_path_factory.mktemp("runs")
+    config = load(CONFIG, *TINY)
+    tokenizer = tokenizer_lib.world_tokenizer(world.VOCABULARY,
+                                              context_length=config.tokenizer.context_length)
+    models = experiment.build_models(config, tokenizer, num_classes=len(world.CLASSES))
+    images = jnp.zeros((1, 16, 16, 3), jnp.float32)
+    tokens = jnp.zeros((1, tokenizer.context_length), jnp.int32)
+    pretrained = nn.unbox(models["clip"].init(jax.random.key(0), images, tokens)["params"])
+    flyp = nn.unbox(models["clip"].init(jax.random.key(1), images, tokens)["params"])
+    ft = nn.unbox(models["classifier"].init(jax.random.key(2), images)["params"])
+    for name, params in (("pretrain", pretrained), ("flyp", flyp), ("ft", ft)):
+        with checkpoint.Checkpointer(root / name) as manager:
+            manager.save(1, {"params": params}, force=True)
+    return root
+
+
+def run_sweep(runs, out, checkpoints=("flyp", "ft"), alphas=ALPHAS, datasets=DATASETS):
+    """The sweep in this process (8 CPU devices); returns its Outcome."""
+    plan = sweep.plan(load(CONFIG, *TINY), checkpoints=[str(runs / c) for c in checkpoints],
+                      alphas=alphas, datasets=datasets, pretrained=str(runs / "pretrain"))
+    mesh = sharding.make_mesh(**plan.config.mesh)
+    with jax.set_mesh(mesh):
+        return sweep.run(plan, out=out, mesh=mesh)
+
+
+def cells_of(records):
+    return {(r["method"], r["alpha"], r["dataset"]) for r in records}
+
+
+def values_of(records):
+    return {(r["method"], r["alpha"], r["dataset"], r["metric"]): r["value"] for r in records}
+
+
+ALL_CELLS = {(method, alpha, dataset) for method in ("flyp", "ft") for alpha in ALPHAS
+             for dataset in DATASETS}
+
+
+@pytest.fixture(scope="module")
+def clean_sweep(runs, tmp_path_factory):
+    """(outcome, results.json records) of one uninterrupted sweep of the 12 cells."""
+    out = tmp_path_factory.mktemp("clean")
+    outcome = run_sweep(runs, out)
+    return outcome, json.loads((out / "results.json").read_text()), out
+
+
+def test_a_sweep_evaluates_every_cell_once_and_writes_the_report(clean_sweep):
+    outcome, records, out = clean_sweep
+    assert {(c.method, c.alpha, c.dataset) for c in outcome.evaluated} == ALL_CELLS
+    assert len(outcome.evaluated) == 12 and outcome.failures == []
+    assert cells_of(records) == ALL_CELLS
+    assert json.loads((out / "failures.json").read_text()) == []
+    for name in ("report.md", "results.csv", "id_vs_ood.png", "top1_vs_alpha.png"):
+        assert (out / "report" / name).exists(), name
+    report = (out / "report" / "report.md").read_text()
+    assert "| flyp | 0.5 |" in report and "| ft | 1 |" in report
+    # alpha 0 is the pretrained CLIP with its zero-shot head, whichever checkpoint is mixed.
+    values = values_of(records)
+    for dataset in DATASETS:
+        assert values["flyp", 0.0, dataset, "top1"] == values["ft", 0.0, dataset, "top1"]
+
+
+def test_a_finished_sweep_reruns_without_evaluating(runs, clean_sweep):
+    _, records, out = clean_sweep
+    outcome = run_sweep(runs, out)
+    assert outcome.evaluated == [] and outcome.failures == []
+    assert json.loads((out / "results.json").read_text()) == records
+
+
+def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
+    config = load(CONFIG, *TINY, f"--config.eval.alphas={ALPHAS}", "--config.init.format=orbax",
+                  f"--config.init.path={runs / 'pretrain'}")
+    tokenizer = experiment.build_tokenizer(config, tmp_path)
+    task = tasks.build(config.data, seed=config.seed)
+    task = dataclasses.replace(task, eval_sets=task.eval_sets[:2])  # photo, sketch
+    models, pretrained = experiment.initial_clip(config, experiment.build_models(
+        config, tokenizer, num_classes=len(task.class_names)))
+    class_tokens = jnp.asarray(sweep.zero_shot.class_prompt_tokens(
+        tokenizer, task.class_names, sweep.templates.get_templates(config.eval.templates)))
+    head_fn = jax.jit(lambda params: sweep.zero_shot.zero_shot_head(models["clip"], params,
+                                                                    class_tokens))
+    mesh = sharding.make_mesh(**config.mesh)
+    evaluate = experiment.make_evaluator(config, mesh, task, models["classifier"])
+    targets = sweep._restore_targets(config, models, tokenizer, mesh)
+    records = []
+    with jax.set_mesh(mesh):
+        pretrained = jax.device_put(pretrained, sweep._shardings(targets["clip"]))
+        for name in ("flyp", "ft"):
+            fine_tuned = sweep.load_checkpoint(str(runs / name), config, targets)
+            records += experiment.wise_ft_sweep(config, evaluate, head_fn, pretrained,
+                                                fine_tuned, method=name, seed=config.seed)
+    assert values_of(records) == values_of(clean_sweep[1])
+
+
+def _start_sweep(runs, out, delay, log_path):
+    """This file as a script: the sweep's command line, each cell slowed by `delay` seconds."""
+    argv = [f"--config={CONFIG}", *TINY, f"--checkpoints={runs}/flyp,{runs}/ft",
+            f"--alphas={','.join(map(str, ALPHAS))}", f"--datasets={','.join(DATASETS)}",
+            f"--pretrained={runs / 'pretrain'}", f"--out={out}"]
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(delay), *argv],
+                                cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
+                                stderr=log)
+
+
+def _finished_cells(out):
+    path = out / "results.json"
+    return cells_of(json.loads(path.read_text())) if path.exists() else set()
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_half_way_completes_only_the_missing_cells(runs, clean_sweep, tmp_path):
+    out = tmp_path / "sweep"
+    process = _start_sweep(runs, out, delay=1.0, log_path=tmp_path / "first.log")
+    deadline = time.time() + 300
+    while len(_finished_cells(out)) < 4:
+        assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline, "fewer than 4 cells within 300 s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = _finished_cells(out)
+    assert 4 <= len(before) < 12, before
+
+    outcome = run_sweep(runs, out)
+    assert {(c.method, c.alpha, c.dataset) for c in outcome.evaluated} == ALL_CELLS - before
+    assert outcome.failures == []
+    records = json.loads((out / "results.json").read_text())
+    assert values_of(records) == values_of(clean_sweep[1])
+    assert (out / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_others_complete(runs, tmp_path):
+    broken = tmp_path / "broken"  # A stage directory whose run never saved a checkpoint.
+    broken.mkdir()
+    out = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "launch/sweep.py", f"--config={CONFIG}", *TINY,
+         f"--checkpoints={runs}/flyp,{broken}", "--alphas=0,1", "--datasets=photo,sketch",
+         f"--pretrained={runs / 'pretrain'}", f"--out={out}"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    failures = json.loads((out / "failures.json").read_text())
+    assert {(f["method"], f["alpha"], f["dataset"]) for f in failures} == {
+        ("broken", alpha, dataset) for alpha in (0.0, 1.0) for dataset in DATASETS}
+    assert all("holds no complete orbax checkpoint" in f["error"] for f in failures)
+    assert cells_of(json.loads((out / "results.json").read_text())) == {
+        ("flyp", alpha, dataset) for alpha in (0.0, 1.0) for dataset in DATASETS}
+    assert (out / "report" / "report.md").exists()
+    assert "4 cell(s) failed" in result.stderr
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (dict(checkpoints=["{runs}/*/flyyp"]), r"No checkpoint directory matches '.*/\*/flyyp'; "),
+    (dict(checkpoints=["{runs}/fylp"]), r"No checkpoint directory matches .*; .* holds "
+                                        r"\['flyp', 'ft', 'pretrain'\]"),
+    (dict(datasets=["photo", "mars"]), r"Unknown dataset\(s\) \['mars'\]; valid datasets of "
+                                       r"this config: \['photo', 'sketch', 'painting'\]"),
+    (dict(datasets=["sketch", "painting"]), r"needs the ID dataset 'photo'"),
+    (dict(alphas=["0", "1.5"]), r"alpha 1.5 is outside \[0, 1\]"),
+    (dict(alphas=["half"]), r"alpha 'half' is not a number"),
+    (dict(pretrained=None), r"init.format='scratch' gives no pretrained CLIP.*--pretrained="),
+])
+def test_bad_input_is_an_error_naming_the_valid_choices(runs, inputs, message):
+    arguments = dict(checkpoints=["{runs}/flyp"], pretrained="{runs}/pretrain")
+    arguments.update(inputs)
+    arguments = {key: [v.format(runs=runs) for v in value] if isinstance(value, list)
+                 else value and value.format(runs=runs) for key, value in arguments.items()}
+    with pytest.raises(ValueError, match=message):
+        sweep.plan(load(CONFIG, *TINY), **arguments)
+
+
+def test_method_names_are_the_trailing_path_parts_that_differ(runs):
+    assert sweep.method_names(["gs://b/runs/a/flyp", "gs://b/runs/b/flyp", "/x/ft"]) == {
+        "gs://b/runs/a/flyp": "a/flyp", "gs://b/runs/b/flyp": "b/flyp", "/x/ft": "ft"}
+    plan = sweep.plan(load(CONFIG, *TINY), checkpoints=[f"{runs}/f*", f"{runs}/flyp"],
+                      pretrained=str(runs / "pretrain"))
+    assert plan.methods == {f"{runs}/flyp": "flyp", f"{runs}/ft": "ft"}
+    assert plan.alphas == tuple(round(0.1 * i, 1) for i in range(11))  # The config's.
+    assert plan.datasets == ("photo", "sketch", "painting")
+
+
+if __name__ == "__main__":  # The sweep's command line, each cell slowed by argv[1] seconds.
+    from absl import app
+
+    delay, argv = float(sys.argv[1]), sys.argv[2:]
+    make_evaluator = experiment.make_evaluator
+
+    def slow_evaluator(*args, **kwargs):
+        evaluate = make_evaluator(*args, **kwargs)
+
+        def slow_evaluate(*args, **kwargs):
+            time.sleep(delay)
+            return evaluate(*args, **kwargs)
+
+        return slow_evaluate
+
+    experiment.make_evaluator = slow_evaluator
+    sys.argv = [sys.argv[0], *argv]  # The config flag reads its overrides from here.
+    sweep.define_flags()
+    app.run(sweep.main)
