@@ -2,11 +2,16 @@
 
 Sizes come from the real model and optimizer definitions: params, AdamW state and gradients
 from `jax.eval_shape`; activations from XLA's own buffer assignment of the real training step
-(`train.make_train_step`), compiled on CPU for two small per-chip batches
+(`train.make_train_step`), compiled on CPU for two per-chip batches
 (`jax.jit(...).lower(...).compile().memory_analysis()`) and extrapolated linearly in the batch.
-Nothing is allocated, so it runs on a laptop CPU (a few minutes, mostly compilation).
+The probe batches must be large enough that activations, not the optimizer update, set the peak
+(with `--remat full`, batches 4 and 8 are not). Nothing is allocated, so it runs on a laptop CPU
+(about a minute, mostly compilation).
 
-    PYTHONPATH=. python benchmarks/memory_estimate.py [--batch 512] [--probe_batches 4 8]
+    PYTHONPATH=. python benchmarks/memory_estimate.py [--batch 512] [--probe_batches 32 64] \
+        [--scan] [--remat none|minimal|full]
+
+`--scan` / `--remat` set the memory levers of both towers (`vit.Model.scan`, `remat_policy`).
 
 CPU buffer assignment is an estimate of TPU/GPU memory, not a measurement: those backends fuse
 and lay out differently. Treat the table as +-25% and keep headroom; launch/MEMORY.md holds the
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 
 from wlsft_jax import experiment, methods, optim, train
 from wlsft_jax.data import imagenet_classes
+from wlsft_jax.models import vit
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -77,10 +83,15 @@ def step_memory(config, per_chip_batch: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512, help="global batch size")
-    parser.add_argument("--probe_batches", type=int, nargs=2, default=(4, 8),
+    parser.add_argument("--probe_batches", type=int, nargs=2, default=(32, 64),
                         help="two per-chip batches compiled on CPU to fit activations")
+    parser.add_argument("--scan", action="store_true", help="nn.scan over each tower's blocks")
+    parser.add_argument("--remat", default="none", choices=list(vit.REMAT_POLICIES),
+                        help="rematerialisation policy of every block")
     args = parser.parse_args()
     config = flyp_imagenet_config()
+    for tower in (config.model.img, config.model.txt):
+        tower.update(scan=args.scan, remat_policy=args.remat)
 
     small, large = args.probe_batches
     state, temp_small = step_memory(config, small)
@@ -92,8 +103,8 @@ def main():
     other_fixed = max(fixed_temp - grads_b, 0.0)
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
 
-    print(f"FLYP, CLIP ViT-B/16 ({config.model.dtype} matmuls), batch {args.batch}; "
-          f"{num_params / 1e6:.1f} M params")
+    print(f"FLYP, CLIP ViT-B/16 ({config.model.dtype} matmuls, scan {args.scan}, remat "
+          f"{args.remat}), batch {args.batch}; {num_params / 1e6:.1f} M params")
     print(f"  params {params_b / GIB:.2f} GiB, AdamW state {opt_b / GIB:.2f} GiB, "
           f"gradients {grads_b / GIB:.2f} GiB")
     print(f"  XLA temporaries (CPU compile at per-chip batch {small} / {large}: "

@@ -1,4 +1,6 @@
-"""ViT, text tower and two-tower model: shapes, pooling, resampling, dtypes, axes, errors."""
+"""ViT, text tower and two-tower model: shapes, pooling, resampling, dtypes, axes, errors,
+and the memory levers (scan, remat)."""
+import functools
 import logging
 import math
 
@@ -8,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wlsft_jax import sharding
 from wlsft_jax.models import overview, text, two_towers, vit
 
 LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "vocab", "joint", "classes", None}
@@ -200,3 +203,94 @@ def test_param_counts_per_tower(caplog):
     assert counts["logit_scale"] == 1
     assert counts["img"] == sum(p.size for p in jax.tree.leaves(params["img"]))
     assert "tiny clip parameter counts" in caplog.text
+
+
+def clip_loss(model, params):
+    """A scalar of both towers' outputs, for comparing values and gradients across layouts."""
+    zimg, ztxt, out = model.apply({"params": params}, images(), tokens())
+    return jnp.sum(zimg @ ztxt.T) * out["temperature"]
+
+
+def memory_levers(scan=False, remat_policy="none", image=TINY_IMAGE):
+    return two_towers.Model(image=dict(image, scan=scan, remat_policy=remat_policy),
+                            text=dict(TINY_TEXT, scan=scan, remat_policy=remat_policy), out_dim=16)
+
+
+def test_scanned_towers_match_looped_ones_with_stacked_params():
+    looped, scanned = memory_levers(), memory_levers(scan=True)
+    params = random_params(looped, images(), tokens())
+    stacked = vit.stack_layers(params)
+    abstract = nn.unbox(jax.eval_shape(scanned.init, jax.random.key(0), images(), tokens()))
+    assert jax.tree.map(lambda p: p.shape, stacked) == jax.tree.map(lambda p: p.shape,
+                                                                     abstract["params"])
+    assert stacked["img"]["encoderblock"]["attn"]["qkv"]["kernel"].shape == (2, 32, 3, 2, 16)
+    jax.tree.map(np.testing.assert_array_equal, vit.unstack_layers(stacked), params)
+    zimg, ztxt, out = looped.apply({"params": params}, images(), tokens())
+    zimg_s, ztxt_s, out_s = scanned.apply({"params": stacked}, images(), tokens())
+    np.testing.assert_allclose(zimg_s, zimg, atol=1e-5)
+    np.testing.assert_allclose(ztxt_s, ztxt, atol=1e-5)
+    for key in ("img/block0", "img/block1", "txt/block1"):
+        np.testing.assert_allclose(out_s[key], out[key], atol=1e-5)
+
+
+@functools.cache
+def looped_reference(adapter_name):
+    """(image config, params, loss, gradients) of the looped towers without remat."""
+    image = dict(TINY_IMAGE, adapter=adapter_name and dict(name=adapter_name))
+    model = memory_levers(image=image)
+    params = random_params(model, images(), tokens())
+    loss, grads = jax.jit(jax.value_and_grad(functools.partial(clip_loss, model)))(params)
+    return image, params, loss, grads
+
+
+@pytest.mark.parametrize("scan, remat_policy, adapter_name", [
+    (False, "minimal", None), (False, "full", None), (True, "none", None),
+    (True, "minimal", None), (True, "full", None), (False, "full", "lora"),
+])
+def test_remat_and_scan_keep_values_and_gradients(scan, remat_policy, adapter_name):
+    image, params, loss, grads = looped_reference(adapter_name)
+    model = memory_levers(scan, remat_policy, image=image)
+    if scan:
+        params = vit.stack_layers(params)
+    loss_and_grads = jax.value_and_grad(functools.partial(clip_loss, model))
+    jaxpr = str(jax.make_jaxpr(loss_and_grads)(params))
+    assert ("remat" in jaxpr) == (remat_policy != "none")
+    assert ("scan" in jaxpr) == scan
+    loss_2, grads_2 = jax.jit(loss_and_grads)(params)
+    np.testing.assert_allclose(loss_2, loss, rtol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-5),
+                 vit.unstack_layers(grads_2), grads)
+
+
+def test_scanned_params_are_fully_sharded_over_fsdp():
+    mesh = sharding.make_mesh(data=1, fsdp=8)
+    model = vit.Model(variant="B/16", scan=True, remat_policy="full")
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    shardings = sharding.logical_shardings(mesh, abstract)["params"]
+    qkv = shardings["encoderblock"]["attn"]["qkv"]["kernel"]
+    assert qkv.spec == jax.sharding.PartitionSpec(None, "fsdp", None, "tensor", None)
+    leaves = jax.tree.leaves(nn.unbox(abstract))
+    total = sum(leaf.size for leaf in leaves)
+    per_device = sum(math.prod(s.shard_shape(leaf.shape))
+                     for leaf, s in zip(leaves, jax.tree.leaves(shardings)))
+    assert nn.unbox(abstract)["params"]["encoderblock"]["mlp"]["fc1"]["kernel"].shape == (
+        12, 768, 3072)
+    assert per_device < 1.05 * total / 8, (per_device, total)
+
+
+def test_bad_memory_options_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"Unknown remat_policy 'all'.*'none', 'minimal', 'full'"):
+        vit.Model(**TINY_IMAGE, remat_policy="all").init(jax.random.key(0), images())
+    with pytest.raises(ValueError, match=r"Unknown remat_policy 'dots'.*'none', 'minimal'"):
+        text.Model(**TINY_TEXT, remat_policy="dots").init(jax.random.key(0), tokens())
+    with pytest.raises(ValueError, match="scan=True .* cannot hold adapters; set scan=False"):
+        vit.Model(**TINY_IMAGE, scan=True, adapter=dict(name="film")).init(jax.random.key(0),
+                                                                          images())
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scanned'"):
+        two_towers.Model(image=dict(TINY_IMAGE, scanned=True)).init(jax.random.key(0), images(),
+                                                                     None)
+    adapted = vit.Model(**TINY_IMAGE, adapter=dict(name="film", blocks=(1, 2)))
+    with pytest.raises(ValueError, match="adapters on some blocks"):
+        vit.stack_layers(random_params(adapted, images()))
+    with pytest.raises(ValueError, match="not encoderblock_0 ... encoderblock_1"):
+        vit.stack_layers({"encoderblock_0": {"w": jnp.ones(2)}, "encoderblock_2": {"w": jnp.ones(2)}})

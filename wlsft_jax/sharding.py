@@ -31,6 +31,7 @@ LOGICAL_RULES = (
     ("joint", None),
     ("classes", None),
     ("length", None),
+    ("layers", None),  # The stacked blocks of a scanned encoder (`vit.Model(scan=True)`).
 )
 
 

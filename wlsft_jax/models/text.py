@@ -43,6 +43,7 @@ class Model(nn.Module):
     Pools at the first position where token == `eot_id`, or at the argmax of the ids when
     `eot_id` is None (CLIP's end-of-text id is the largest). `out` holds "stem" (token + position
     embeddings), "block{i}", "encoded" (final-norm tokens), "pooled" and "pre_logits" (= features).
+    `scan` and `remat_policy` are the memory levers of `vit.Model` (see `vit.encoder_blocks`).
     """
     vocab_size: int
     variant: str | None = "mu"
@@ -56,6 +57,8 @@ class Model(nn.Module):
     layer_norm_eps: float = 1e-5
     proj_dim: int | None = None
     dtype_mm: str = "float32"
+    scan: bool = False
+    remat_policy: str = "none"
 
     @nn.nowrap
     def sizes(self) -> dict:
@@ -76,10 +79,11 @@ class Model(nn.Module):
                             (1, self.context_length, width))
         x = out["stem"] = x + posemb[:, :tokens.shape[1]]
 
-        for i in range(sizes["depth"]):
-            x = out[f"block{i}"] = vit.EncoderBlock(
-                sizes["num_heads"], sizes["mlp_dim"], self.act, self.layer_norm_eps, causal=True,
-                dtype_mm=self.dtype_mm, name=f"encoderblock_{i}")(x)
+        x = vit.encoder_blocks(x, out, depth=sizes["depth"], scan=self.scan,
+                               remat_policy=self.remat_policy, num_heads=sizes["num_heads"],
+                               mlp_dim=sizes["mlp_dim"], act=self.act,
+                               layer_norm_eps=self.layer_norm_eps, causal=True,
+                               dtype_mm=self.dtype_mm)
         x = out["encoded"] = vit.layer_norm(self.layer_norm_eps, "encoder_norm")(x)
 
         if self.eot_id is None:

@@ -8,9 +8,16 @@ into `cls` by the converters.
 
 Params carry logical axis names ("embed", "mlp", "heads", "kv", "joint", "classes") so that
 `wlsft_jax.sharding` can place them; `nn.unbox` turns an init result into plain arrays.
+
+Two memory levers, both off by default (the param layout of checkpoints and converters):
+`remat_policy` recomputes a block's activations in the backward pass instead of keeping them
+(REMAT_POLICIES), and `scan=True` runs the blocks as one `nn.scan`, whose params are stacked
+along a leading "layers" axis under `encoderblock/` (one compiled block instead of `depth`).
+`stack_layers` / `unstack_layers` convert params between the two layouts.
 """
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import math
+import re
 
 from absl import logging
 import flax.linen as nn
@@ -40,6 +47,15 @@ ACTIVATIONS = {
 }
 POOLS = ("cls", "mean", "map")
 RESIZE_METHODS = ("bilinear", "bicubic")
+# remat_policy -> what the backward pass keeps of each block (None: no rematerialisation).
+REMAT_POLICIES = {
+    "none": None,  # Every activation: fastest, most memory.
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Outputs of the
+    # weight matmuls (qkv, out, fc1, fc2); attention, norms and activations are recomputed.
+    "full": jax.checkpoint_policies.nothing_saveable,  # Only the block's input; all recomputed.
+}
+STACKED_BLOCKS = "encoderblock"  # Param name of the scanned blocks (as in big_vision).
+BLOCK_NAME = re.compile(r"encoderblock_(\d+)")
 
 
 def parse_variant(variant: str, *, with_patch: bool = True) -> dict:
@@ -248,6 +264,92 @@ class EncoderBlock(nn.Module):
         return x
 
 
+class ScannedBlock(EncoderBlock):
+    """An `EncoderBlock` as an `nn.scan` body: (tokens, None) -> (tokens, tokens)."""
+
+    def __call__(self, x, _):
+        x = super().__call__(x)
+        return x, x
+
+
+def encoder_blocks(x, out: dict, *, depth: int, scan: bool, remat_policy: str,
+                   block_adapters: Sequence | None = None, **block_fields):
+    """Runs `depth` pre-norm blocks on tokens `x`, looped or scanned, with `remat_policy`.
+
+    Call it inside a compact module: the blocks become its `encoderblock_{i}` children, or one
+    `encoderblock` child with stacked params when `scan`. Records each block's output in
+    `out["block{i}"]`. `block_fields` are the EncoderBlock fields besides `adapter`, which
+    `block_adapters` gives per block (scanned blocks are identical, so they take none).
+    """
+    check_choice("remat_policy", remat_policy, REMAT_POLICIES)
+    policy = REMAT_POLICIES[remat_policy]
+    block_adapters = block_adapters or [None] * depth
+    if scan:
+        if any(block_adapters):
+            raise ValueError("scan=True runs identical blocks and cannot hold adapters; set "
+                             "scan=False to use an adapter (remat_policy works with both).")
+        body = ScannedBlock if policy is None else nn.remat(ScannedBlock, policy=policy,
+                                                             prevent_cse=False)
+        stack = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                        length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
+        x, per_block = stack(**block_fields, name=STACKED_BLOCKS)(x, None)
+        out.update({f"block{i}": per_block[i] for i in range(depth)})
+        return x
+    block = EncoderBlock if policy is None else nn.remat(EncoderBlock, policy=policy)
+    for i in range(depth):
+        x = out[f"block{i}"] = block(**block_fields, adapter=block_adapters[i],
+                                     name=f"encoderblock_{i}")(x)
+    return x
+
+
+def stack_layers(params: Mapping) -> dict:
+    """Params of looped blocks -> the layout of `scan=True`, at every level of nesting.
+
+    Wherever `encoderblock_0` ... `encoderblock_{n-1}` sit side by side, they are replaced by one
+    `encoderblock` whose leaves stack theirs along a new leading axis; so a whole CLIP (both
+    towers) or a single tower converts in one call. Use it on params from the HF / big_vision
+    converters to load them into a scanned model.
+    """
+    if not isinstance(params, Mapping):
+        return params
+    params = {name: stack_layers(value) for name, value in params.items()}
+    blocks = sorted((name for name in params if BLOCK_NAME.fullmatch(name)),
+                    key=lambda name: int(BLOCK_NAME.fullmatch(name)[1]))
+    if not blocks:
+        return params
+    if STACKED_BLOCKS in params:
+        raise ValueError(f"Params hold both {blocks} and a stacked {STACKED_BLOCKS!r}; give "
+                         "params of one layout.")
+    if blocks != [f"encoderblock_{i}" for i in range(len(blocks))]:
+        raise ValueError(f"Blocks {blocks} are not encoderblock_0 ... encoderblock_"
+                         f"{len(blocks) - 1}; only a complete run of blocks can be stacked.")
+    structures = {jax.tree.structure(params[name]) for name in blocks}
+    if len(structures) > 1:
+        raise ValueError("Blocks differ in their params (adapters on some blocks?); only "
+                         "identical blocks can be stacked for scan=True.")
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(params[name] for name in blocks))
+    rest = {name: value for name, value in params.items() if name not in blocks}
+    return {**rest, STACKED_BLOCKS: stacked}
+
+
+def unstack_layers(params: Mapping) -> dict:
+    """The inverse of `stack_layers`: every stacked `encoderblock` -> `encoderblock_{i}`.
+
+    Use it before the converters' exporters (`to_hf_clip`, `to_big_vision`), which read the
+    looped layout.
+    """
+    if not isinstance(params, Mapping):
+        return params
+    params = {name: unstack_layers(value) for name, value in params.items()}
+    if STACKED_BLOCKS not in params:
+        return params
+    stacked = params.pop(STACKED_BLOCKS)
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    params.update({f"encoderblock_{i}": jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
+                   for i in range(depth)})
+    return params
+
+
 class MAPHead(nn.Module):
     """Multihead attention pooling: a learned probe attends over the tokens (big_vision)."""
     num_heads: int
@@ -282,6 +384,9 @@ class Model(nn.Module):
     while params, norms, softmax and the residual stream stay float32. `adapter` adds FiLM, Token
     Replay or LoRA adapters to a range of blocks, e.g. dict(name="film", blocks=(8, 12)) (see
     `adapters`); with adapters, `out["embedded"]` holds the tokens entering block 0.
+    `remat_policy` (one of REMAT_POLICIES) trades compute for activation memory in training;
+    `scan=True` stacks the blocks' params under `encoderblock/` (see `stack_layers`) and cannot
+    be combined with `adapter`.
     """
     variant: str | None = "mu/4"
     width: int | None = None
@@ -302,6 +407,8 @@ class Model(nn.Module):
     posemb_resize: str = "bilinear"
     dtype_mm: str = "float32"
     adapter: Mapping | None = None
+    scan: bool = False
+    remat_policy: str = "none"
 
     @nn.nowrap
     def sizes(self) -> dict:
@@ -358,10 +465,10 @@ class Model(nn.Module):
         if self.adapter:
             out["embedded"] = x
 
-        for i in range(sizes["depth"]):
-            x = out[f"block{i}"] = EncoderBlock(
-                sizes["num_heads"], sizes["mlp_dim"], self.act, self.layer_norm_eps,
-                dtype_mm=self.dtype_mm, adapter=block_adapters[i], name=f"encoderblock_{i}")(x)
+        x = encoder_blocks(x, out, depth=sizes["depth"], scan=self.scan,
+                           remat_policy=self.remat_policy, block_adapters=block_adapters,
+                           num_heads=sizes["num_heads"], mlp_dim=sizes["mlp_dim"], act=self.act,
+                           layer_norm_eps=self.layer_norm_eps, dtype_mm=self.dtype_mm)
         x = out["encoded"] = layer_norm(self.layer_norm_eps, "encoder_norm")(x)
 
         if self.pool == "cls":
