@@ -91,6 +91,20 @@ def test_source_pickles_and_its_repr_names_the_chosen_pairs(tmp_path):
     assert str(tmp_path) not in repr(source)  # no machine-specific root
 
 
+def test_text_features_ride_along_with_their_records(tmp_path):
+    source, _ = captions.caption_source("cc_20k", path=write_captions_file(tmp_path, 4),
+                                        num_pairs=4, seed=0)
+    features = np.arange(8, dtype=np.float32).reshape(4, 2)
+    featured = captions.WithTextFeatures(source, features)
+    assert len(featured) == 4 and featured[2]["caption"] == source[2]["caption"]
+    np.testing.assert_array_equal(featured[2][captions.TEXT_FEATURES_KEY], [4, 5])
+    restored = pickle.loads(pickle.dumps(featured))  # As grain's worker processes get it.
+    assert repr(restored) == repr(featured) and repr(source) in repr(featured)
+    np.testing.assert_array_equal(restored[3][captions.TEXT_FEATURES_KEY], [6, 7])
+    with pytest.raises(ValueError, match="3 rows of text features for the 4 records"):
+        captions.WithTextFeatures(source, features[:3])
+
+
 def write_tar_shard(path, samples):
     """A tar shard of `samples`: (member name, bytes)."""
     with tarfile.open(path, "w") as tar:

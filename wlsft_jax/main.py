@@ -57,13 +57,14 @@ def main(argv):
             num_processes=config.distributed.num_processes,
             process_id=config.distributed.process_id)
     mesh = sharding.make_mesh(**config.mesh)
-    for name in config.stages:  # Each micro-batch is split over the data shards.
-        stage = config[name]
-        try:
-            sharding.check_global_batch_size(mesh, stage.batch_size // stage.accum_steps)
-        except ValueError as error:
-            raise ValueError(f"config.{name}: micro-batches of batch_size={stage.batch_size} / "
-                             f"accum_steps={stage.accum_steps}: {error}") from None
+    # Every training micro-batch and every evaluation batch (k-NN's feature bank too) is split
+    # over the data shards: all are checked before anything trains.
+    batch_sizes = {f"config.{name}: micro-batches of batch_size={config[name].batch_size} / "
+                   f"accum_steps={config[name].accum_steps}":
+                   config[name].batch_size // config[name].accum_steps for name in config.stages}
+    batch_sizes[f"config.eval.batch_size={config.eval.batch_size} (evaluation and k-NN "
+                "batches)"] = config.eval.batch_size
+    sharding.check_batch_sizes(mesh, batch_sizes)
     jax.set_mesh(mesh)
 
     workdir = epath.Path(_WORKDIR.value

@@ -15,7 +15,8 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 - `wls`:      weak language supervision: the CLIP loss on (ID image, its caption) pairs between
               a vision encoder with adapters, projected into a text encoder's space, and that
               text encoder (`models.wls`); its schedule trains only adapters and projection
-              (`WLS_SCHEDULE`).
+              (`WLS_SCHEDULE`). The text encoder is frozen, so its features of each caption are
+              computed once (`captions.WithTextFeatures`), not at every step.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from wlsft_jax import objectives, sharding
-from wlsft_jax.data import transforms, world
+from wlsft_jax.data import captions, transforms, world
+from wlsft_jax.models import two_towers
 
 CONTRASTIVE_METHODS = ("pretrain", "flyp")
 CLASSIFIER_METHODS = ("ft", "lp")
@@ -73,6 +75,16 @@ def contrastive_loss(model, params, batch, rng):
     return loss, dict(metrics, temperature=out["temperature"])
 
 
+def text_features_contrastive_loss(model, params, batch, rng):
+    """The CLIP loss between the image tower's features and the batch's precomputed text
+    features (a frozen text encoder's: the model's text tower is not run)."""
+    del rng
+    zimg, _, out = model.apply({"params": params}, batch["image"], None)
+    ztxt = two_towers.l2_normalize(batch[captions.TEXT_FEATURES_KEY])
+    loss, metrics = objectives.clip_contrastive(zimg, ztxt, out["temperature"])
+    return loss, dict(metrics, temperature=out["temperature"])
+
+
 def label_names(label_key: str, task) -> tuple[str, ...]:
     """The class names of the records' `label_key` ("label" or "domain")."""
     names = {"label": tuple(task.class_names), "domain": world.DOMAINS}
@@ -90,7 +102,8 @@ def classification_loss(model, params, batch, rng, label_key="label"):
 
 def build(method_name, *, stage_config, config, tokenizer, models, task, templates):
     """The `Method` of a stage, reading its data from `task` (`data.tasks.Task`). `models` holds
-    the built "clip" and "classifier" modules (and "wls", a `models.wls.Model`, for `wls`)."""
+    the built "clip" and "classifier" modules (and "wls", a `models.wls.Model`, for `wls`, whose
+    task.caption_source records carry their caption's text features: `WithTextFeatures`)."""
     data = config.data
     batch = stage_config.batch_size // stage_config.accum_steps
     images = jnp.zeros((batch, data.image_size, data.image_size, 3), jnp.float32)
@@ -100,9 +113,10 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
     if method_name in WLS_METHODS:
         return Method(
             name=method_name, model=models["wls"], example_inputs=(images, tokens),
-            loss_fn=contrastive_loss, train_source=_captions(task.caption_source, method_name),
-            train_operations=[*task.caption_operations, transforms.Tokenize(tokenizer),
-                              keep(("image", "tokens"))],
+            loss_fn=text_features_contrastive_loss,
+            train_source=_captions(task.caption_source, method_name),
+            train_operations=[*task.caption_operations,
+                              keep(("image", captions.TEXT_FEATURES_KEY))],
             worker_count=data.worker_count)
     if method_name in SUPERVISED_METHODS:
         label_key = stage_config.get("label_key", "label")

@@ -23,7 +23,7 @@ SECTION_KEYS = {
     "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
              "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
              "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
-             "captions_path"},
+             "captions_path", "caption_pairs"},
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
     "init": {"format", "path"},
@@ -31,8 +31,10 @@ SECTION_KEYS = {
              "report_metrics"},
     "text_encoder": {"format", "path"},
 }
-# Keys only weak language supervision reads: `wls` stages, their text encoder and k-NN evaluation.
+# Keys only weak language supervision reads: `wls` stages, their text encoder and k-NN evaluation,
+# and its caption dataset (name, where it is, how many pairs: None for the number in its name).
 WLS_EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
+WLS_CAPTION_KEYS = ("captions", "captions_path", "caption_pairs")
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
               "checkpoint_every", "keep_checkpoints", "adapter", "label_key"}
 # The kinds of dataset that eval.report_metrics names a metric for.
@@ -107,7 +109,7 @@ def _check_wls(config, stages) -> None:
     wls_stages = [name for name in stages if config[name].method == "wls"]
     wls_keys = [key for key in WLS_EVAL_KEYS if key in config.eval]
     wls_keys += ["text_encoder"] * ("text_encoder" in config)
-    wls_keys += [f"data.{key}" for key in ("captions", "captions_path") if key in config.data]
+    wls_keys += [f"data.{key}" for key in WLS_CAPTION_KEYS if key in config.data]
     if not wls_stages:
         if config.tokenizer.kind == "hf_json":
             wls_keys.append("tokenizer.kind='hf_json'")
@@ -123,7 +125,7 @@ def _check_wls(config, stages) -> None:
     missing = [key for key, present in (
         ("text_encoder", "text_encoder" in config),
         *((f"eval.{key}", key in config.eval) for key in WLS_EVAL_KEYS),
-        *((f"data.{key}", key in config.data) for key in ("captions", "captions_path")))
+        *((f"data.{key}", key in config.data) for key in WLS_CAPTION_KEYS))
         if not present]
     if missing:
         raise ValueError(f"A config with a 'wls' stage needs key(s) {missing}; start from "
@@ -144,6 +146,11 @@ def _check_wls(config, stages) -> None:
     _choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
     if config.data.captions is not None:
         _choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
+    else:
+        unread = [f"data.{key}" for key in WLS_CAPTION_KEYS[1:] if config.data[key] is not None]
+        if unread:
+            raise ValueError(f"{unread} apply with data.captions only (a caption dataset, one of "
+                             f"{list(captions.CAPTION_DATASETS)}); remove them or set it.")
     adapter = config[wls_stages[0]].get("adapter")
     if adapter is None:
         raise ValueError(f"config.{wls_stages[0]}.adapter is unset; set e.g. "
@@ -286,7 +293,7 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         model=tiny_clip(),
         init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str)),
         stages=tuple(stages),
-        eval=dict(batch_size=500, templates="simple",
+        eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
                   report_metrics=dict(id="top1", ood="top1")),  # What the report tabulates.
     ))
@@ -427,6 +434,7 @@ def wls_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     config.tokenizer.context_length = 32
     config.data.captions = ml_collections.config_dict.placeholder(str)  # Real captions only.
     config.data.captions_path = ml_collections.config_dict.placeholder(str)
+    config.data.caption_pairs = ml_collections.config_dict.placeholder(int)
     config.eval.update(dict(knn_ks=(10, 20, 100, 200), knn_report_k=20, representation="cls",
                             alphas=(0.0, 0.25, 0.5, 0.75, 1.0)))
     # The text tower is the text encoder's, no zero-shot head is built, and the report shows

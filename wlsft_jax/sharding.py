@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -144,14 +145,28 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_global_batch_size(mesh: Mesh, global_batch_size: int) -> None:
-    """Raises ValueError unless the global batch splits evenly over the data shards."""
+    """Raises ValueError unless the global batch splits evenly over the data shards; the
+    message names the nearest valid sizes."""
     data_shards = math.prod(mesh.shape[name] for name in BATCH_AXES)
     if global_batch_size % data_shards:
+        below = global_batch_size // data_shards * data_shards
+        nearest = " or ".join(str(size) for size in (below, below + data_shards) if size)
         raise ValueError(
             f"Global batch size {global_batch_size} is not divisible by the {data_shards} data "
             f"shards (data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}); "
-            f"use a multiple of {data_shards}."
+            f"use a multiple of {data_shards}, e.g. {nearest}."
         )
+
+
+def check_batch_sizes(mesh: Mesh, batch_sizes: Mapping[str, int]) -> None:
+    """`check_global_batch_size` for each of `batch_sizes` ({what it is: global batch size}),
+    the error prefixed by what: run before anything trains, so that no batch size (training
+    micro-batches, evaluation batches) fails only once it is first used."""
+    for what, batch_size in batch_sizes.items():
+        try:
+            check_global_batch_size(mesh, batch_size)
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from None
 
 
 def put_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -165,6 +180,19 @@ def put_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, ja
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in local_batch.items()
     }
+
+
+def host_copy(tree: Any) -> Any:
+    """Numpy copies of a pytree's arrays, each whole on every process: an array sharded over
+    other processes' devices is gathered (`process_allgather`), any other one read locally (as
+    `jax.device_get` would, which fails on the former)."""
+
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+
+    return jax.tree.map(copy, tree)
 
 
 def maybe_initialize_distributed(

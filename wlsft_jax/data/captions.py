@@ -68,6 +68,8 @@ IMAGENET_WNIDS_FILE = "datasets/imagenet2012/labels.txt"
 WHOLE_FILE = -1
 # Image checks are I/O and PIL decoding, which releases the GIL, so threads overlap them.
 CHECK_THREADS = 32
+# The record key of a caption's precomputed text features (`WithTextFeatures`).
+TEXT_FEATURES_KEY = "text_features"
 _EXAMPLES_IN_MESSAGES = 5
 
 
@@ -327,6 +329,28 @@ def coco_tfds_pairs(data_dir: epath.Path, *, name: str, all_captions: bool) -> T
         pair_indices = [image * per_image + _stable_hash(str(image)) % per_image
                         for image in range(len(records) // per_image)]
     return TfdsCaptionPairs(records, pair_indices, name=name)
+
+
+class WithTextFeatures(grain.RandomAccessDataSource):
+    """The records of a caption source, each with `TEXT_FEATURES_KEY`: its caption's features
+    from a frozen text encoder, row `index` of `features`, computed once for all epochs (weak
+    language supervision never trains its text encoder)."""
+
+    def __init__(self, source: grain.RandomAccessDataSource, features: np.ndarray):
+        if len(features) != len(source):
+            raise ValueError(f"{len(features)} rows of text features for the {len(source)} "
+                             f"records of {source!r}; give one row per record.")
+        self._source = source
+        self._features = np.asarray(features, np.float32)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self._source[index], TEXT_FEATURES_KEY: self._features[index]}
+
+    def __repr__(self) -> str:  # Resuming checks the source's repr: the pairs name it.
+        return f"WithTextFeatures({self._source!r}, dim={self._features.shape[1]})"
 
 
 IMAGENET_PATHS = ("an ImageNet folder holding train/<wnid>/*.JPEG, or a captions file "

@@ -12,8 +12,9 @@
   evaluation view (eval: bicubic resize of the shorter side, central crop) to
   `data.image_size`. An OOD set whose classes are a subset (ImageNet-R / -A) or groups
   (ObjectNet) of the ID classes is scored through a logits transform onto its own classes.
-`data.captions` (imagenet_20k / cc_20k / coco_10k, read from `data.captions_path`) replaces the
-caption pairs of weak language supervision, which are otherwise the world's ID training records.
+`data.captions` (imagenet_20k / cc_20k / coco_10k: `data.caption_pairs` pairs, default the number
+in its name, read from `data.captions_path`) replaces the caption pairs of weak language
+supervision, which are otherwise the world's ID training records.
 """
 from __future__ import annotations
 
@@ -167,7 +168,8 @@ def build(data, *, seed: int) -> Task:
     task = _world_task(data, seed) if data.source == "world" else _real_task(data)
     if data.get("captions") is None:
         return task
-    pairs, _ = captions.caption_source(data.captions, path=data.captions_path, seed=seed)
+    pairs, _ = captions.caption_source(data.captions, path=data.captions_path,
+                                       num_pairs=data.get("caption_pairs"), seed=seed)
     return dataclasses.replace(task, caption_source=pairs, caption_operations=(
         transforms.DecodeImage(), *_augment(data)))
 
