@@ -31,7 +31,7 @@ def get_config(arg=None):
     if arg != "world":
         return recipes.real_clip(
             arg, stages=("flyp",),
-            flyp=recipes.real_stage("flyp", arg, templates="openai_imagenet",
+            flyp=recipes.real_stage("flyp", arg, templates=recipes.REAL_TASKS[arg]["templates"],
                                     optim=dict(lr=1e-5)))
     return recipes.base(
         stages=("pretrain", "flyp"),

@@ -74,14 +74,14 @@ def hf_clip_dir(tmp_path_factory):
     return str(directory)
 
 
-def real_config(name, task_name, data_dir, hf_clip_dir):
+def real_config(name, task_name, data_dir, hf_clip_dir, *overrides):
     """`configs/<name>.py:<task_name>` pointed at the mocks, with 16-px images."""
     return load(os.path.join(REPO, "configs", f"{name}.py:{task_name}"),
                 f"--config.init.path={hf_clip_dir}", f"--config.data.data_dir={data_dir}",
                 f"--config.data.image_size={IMAGE_SIZE}",
                 f"--config.tokenizer.context_length={CONTEXT_LENGTH}",
                 "--config.model.dtype=float32", "--config.eval.templates=simple",
-                "--config.data.worker_count=0")
+                "--config.data.worker_count=0", *overrides)
 
 
 @functools.cache
@@ -129,6 +129,30 @@ def test_real_config_checks_and_trains_on_its_task(name, task_name, data_dir, hf
         params = clip_params if method.model is models["clip"] else classifier_params
         loss, _ = jax.jit(method.loss)(params, batch, jax.random.key(0))
         assert np.isfinite(float(loss))
+
+
+def test_memory_levers_reach_a_hugging_face_clip(data_dir, hf_clip_dir):
+    """scan / remat_policy set on the command line apply to the checkpoint's towers (params
+    stacked to match), and the towers compute what the looped ones do."""
+    levers = ("--config.model.img.scan=True", "--config.model.img.remat_policy=full",
+              "--config.model.txt.scan=True", "--config.model.txt.remat_policy=minimal")
+    outputs = []
+    for overrides in ((), levers):
+        config = real_config("flyp_clip", "imagenet", data_dir, hf_clip_dir, *overrides)
+        recipes.check_config(config)
+        tokenizer = experiment.build_tokenizer(config, epath.Path(hf_clip_dir))
+        models, params = experiment.initial_clip(
+            config, experiment.build_models(config, tokenizer, num_classes=3))
+        clip = models["clip"]
+        assert (clip.image["scan"], clip.text["scan"]) == (bool(overrides),) * 2
+        assert ("encoderblock" in params["img"]) == ("encoderblock" in params["txt"]) == bool(
+            overrides)
+        images = jax.random.uniform(jax.random.key(0), (2, IMAGE_SIZE, IMAGE_SIZE, 3))
+        tokens = tokenizer.encode(["a photo of a cat.", "a dog."])
+        zimg, ztxt, _ = clip.apply({"params": params}, images, tokens)
+        outputs.append((zimg, ztxt))
+    np.testing.assert_allclose(outputs[1][0], outputs[0][0], atol=1e-5)
+    np.testing.assert_allclose(outputs[1][1], outputs[0][1], atol=1e-5)
 
 
 @pytest.mark.parametrize("task_name", recipes.REAL_TASKS)

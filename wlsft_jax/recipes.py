@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from wlsft_jax.data import templates
+
 METHODS = ("pretrain", "ft", "lp", "flyp", "supervised", "wls")
 INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
 DATA_SOURCES = ("world", "real")  # data.tasks.SOURCES
 TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
 TEXT_ENCODER_FORMATS = ("hf_bert",)
-TEMPLATE_SETS = ("simple", "openai_imagenet")
+TEMPLATE_SETS = tuple(templates.TEMPLATES)
 
 TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model", "init", "stages",
                   "eval", "text_encoder"}
@@ -237,6 +239,11 @@ def world_data(**overrides) -> ml_collections.ConfigDict:
     return data
 
 
+# Each tower's memory options (models/vit.py, launch/MEMORY.md), off by default; set from the
+# command line, e.g. --config.model.img.scan=True --config.model.img.remat_policy=full.
+MEMORY_LEVERS = dict(scan=False, remat_policy="none")
+
+
 def tiny_clip(**overrides) -> ml_collections.ConfigDict:
     """A 1.8 M-parameter CLIP for the embedded 32-px world.
 
@@ -245,8 +252,8 @@ def tiny_clip(**overrides) -> ml_collections.ConfigDict:
     accuracy on the world (BENCHMARKS.md), so the main job fits in minutes on two cores.
     """
     model = ml_collections.ConfigDict(dict(
-        img=dict(variant="mu/8"),
-        txt=dict(width=128, depth=4, num_heads=4, mlp_dim=512),
+        img=dict(variant="mu/8", **MEMORY_LEVERS),
+        txt=dict(width=128, depth=4, num_heads=4, mlp_dim=512, **MEMORY_LEVERS),
         embed_dim=128,
         dtype="float32",
     ))
@@ -325,10 +332,11 @@ def lp_stage(**overrides) -> ml_collections.ConfigDict:
 # The real-data tasks of the CLIP configs (`--config=configs/<x>_clip.py:<task>`): ID dataset,
 # OOD datasets (the report averages over exactly these), shared label space, fine-tuning batch
 # size, steps (epochs x training images // batch size) and warm-up, weight decay, and the metrics
-# the report tabulates for the ID and the OOD datasets. Unless a task says otherwise: batch size
-# 512 and weight decay 0.1 (WiSE-FT's and FLYP's ImageNet recipe), reported by top-1.
+# the report tabulates for the ID and the OOD datasets, and the prompt templates of the zero-shot
+# head and of FLYP. Unless a task says otherwise: batch size 512 and weight decay 0.1 (WiSE-FT's
+# and FLYP's ImageNet recipe), reported by top-1, CLIP's 80 ImageNet templates.
 _REAL_TASK_DEFAULTS = dict(label_space=None, batch_size=512, wd=0.1,
-                           report_metrics=dict(id="top1", ood="top1"))
+                           report_metrics=dict(id="top1", ood="top1"), templates="openai_imagenet")
 REAL_TASKS = {name: {**_REAL_TASK_DEFAULTS, **spec} for name, spec in {
     # 10 epochs of ImageNet's 1,281,167 training images.
     "imagenet": dict(id_domain="imagenet2012",
@@ -348,10 +356,10 @@ REAL_TASKS = {name: {**_REAL_TASK_DEFAULTS, **spec} for name, spec in {
     # training images) is scored by macro-F1; FMoW (76,863) by top-1 ID and by worst-region
     # accuracy OOD, the metrics WILDS and the papers report.
     "iwildcam": dict(id_domain="iwildcam/id", ood_domains=("iwildcam/ood",), batch_size=256,
-                     wd=0.2, steps=10_140, warmup_steps=500,
+                     wd=0.2, steps=10_140, warmup_steps=500, templates="iwildcam",
                      report_metrics=dict(id="macro_f1", ood="macro_f1")),
     "fmow": dict(id_domain="fmow/id", ood_domains=("fmow/ood",), batch_size=256, wd=0.2,
-                 steps=6_000, warmup_steps=500,
+                 steps=6_000, warmup_steps=500, templates="fmow",
                  report_metrics=dict(id="top1", ood="worst_region_top1")),
     # BREEDS as LP-FT: trained on the source subpopulations (ImageNet train), tested on them ID
     # and on the target subpopulations OOD (ImageNet val), 20 epochs. Training images: Living-17
@@ -407,9 +415,11 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
         kind="clip_bpe", context_length=77,
         vocab_path=ml_collections.config_dict.placeholder(str),
         merges_path=ml_collections.config_dict.placeholder(str)))
-    config.model = ml_collections.ConfigDict(dict(img=dict(variant="B/16"), txt=dict(
-        width=512, depth=12, num_heads=8, mlp_dim=2048), embed_dim=512, dtype="bfloat16"))
-    config.eval.templates = "openai_imagenet"
+    config.model = ml_collections.ConfigDict(dict(
+        img=dict(variant="B/16", **MEMORY_LEVERS),
+        txt=dict(width=512, depth=12, num_heads=8, mlp_dim=2048, **MEMORY_LEVERS),
+        embed_dim=512, dtype="bfloat16"))
+    config.eval.templates = REAL_TASKS[task]["templates"]
     config.eval.report_metrics = dict(REAL_TASKS[task]["report_metrics"])
     return config
 

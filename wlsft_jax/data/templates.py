@@ -97,10 +97,26 @@ FEW_TEMPLATES = (
     "a photo of the {}.",
 )
 
+# The camera-trap prompts WiSE-FT and FLYP use for iWildCam.
+IWILDCAM_TEMPLATES = ("a photo of {}.", "{} in the wild.")
+
+# The satellite prompts WiSE-FT and FLYP use for FMoW, less their two "a"/"an"-per-class
+# variants (a template here is one format string for every class).
+FMOW_TEMPLATES = (
+    "satellite photo of a {}.",
+    "aerial photo of a {}.",
+    *(f"{view} photo of a {{}} in {region}." for region in
+      ("asia", "africa", "the americas", "europe", "oceania") for view in ("satellite", "aerial")),
+    "a photo of a {}.",
+    "{}.",
+)
+
 TEMPLATES = {
     "openai_imagenet": OPENAI_IMAGENET_TEMPLATES,
     "simple": SIMPLE_TEMPLATES,
     "few": FEW_TEMPLATES,
+    "iwildcam": IWILDCAM_TEMPLATES,
+    "fmow": FMOW_TEMPLATES,
 }
 
 

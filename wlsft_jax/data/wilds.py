@@ -119,7 +119,8 @@ def fmow_source(*, split: str, data_dir: str) -> tuple[FileListSource, SourceInf
     source = FileListSource(name="fmow", split=split, paths=paths, labels=labels,
                             fields={"region": regions})
     return source, SourceInfo(name="fmow", split=split, kind=CLASSIFICATION,
-                              num_records=len(source), class_names=FMOW_CATEGORIES)
+                              num_records=len(source),
+                              class_names=tuple(c.replace("_", " ") for c in FMOW_CATEGORIES))
 
 
 def macro_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
