@@ -377,13 +377,8 @@ def _write_report(sweep: Sweep, records: list[dict], directory: epath.Path) -> N
     if jax.process_index() != 0:
         return
     id_dataset, *ood_datasets = sweep.datasets
-    datasets = dict(id_dataset=id_dataset, ood_datasets=ood_datasets)
-    metrics = dict(metric=experiment.report_metric(sweep.config, "id"),
-                   ood_metric=experiment.report_metric(sweep.config, "ood"))
-    table = report.write_report(records, directory, **datasets, **metrics)
-    plot_name = "_".join(dict.fromkeys(metrics.values()))  # e.g. top1, top1_worst_region_top1
-    report.plot_metric_vs_alpha(records, directory / f"{plot_name}_vs_alpha.png", **datasets,
-                                **metrics)
+    table = experiment.write_report(sweep.config, records, directory, id_dataset=id_dataset,
+                                    ood_datasets=ood_datasets)
     print(table)
 
 
