@@ -15,8 +15,9 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 - `wls`:      weak language supervision: the CLIP loss on (ID image, its caption) pairs between
               a vision encoder with adapters, projected into a text encoder's space, and that
               text encoder (`models.wls`); its schedule trains only adapters and projection
-              (`WLS_SCHEDULE`). The text encoder is frozen, so its features of each caption are
-              computed once (`captions.WithTextFeatures`), not at every step.
+              (`WLS_SCHEDULE`). A frozen text encoder's features of each caption are computed
+              once (`captions.WithTextFeatures`), not at every step; a schedule that trains
+              `txt/...` runs the text encoder on the tokens instead.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def classification_loss(model, params, batch, rng, label_key="label"):
 def build(method_name, *, stage_config, config, tokenizer, models, task, templates):
     """The `Method` of a stage, reading its data from `task` (`data.tasks.Task`). `models` holds
     the built "clip" and "classifier" modules (and "wls", a `models.wls.Model`, for `wls`, whose
-    task.caption_source records carry their caption's text features: `WithTextFeatures`)."""
+    task.caption_source records may carry their caption's text features: `WithTextFeatures`)."""
     data = config.data
     batch = stage_config.batch_size // stage_config.accum_steps
     images = jnp.zeros((batch, data.image_size, data.image_size, 3), jnp.float32)
@@ -111,12 +112,19 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
     keep = transforms.SelectKeys
     image_operations = list(task.train_operations)
     if method_name in WLS_METHODS:
+        # Records with a frozen text encoder's caption features train the image tower against
+        # them; plain captions (a schedule that trains the text encoder) run it on tokens.
+        if isinstance(task.caption_source, captions.WithTextFeatures):
+            loss_fn, text_keys, text_operations = (
+                text_features_contrastive_loss, (captions.TEXT_FEATURES_KEY,), [])
+        else:
+            loss_fn, text_keys, text_operations = (
+                contrastive_loss, ("tokens",), [transforms.Tokenize(tokenizer)])
         return Method(
             name=method_name, model=models["wls"], example_inputs=(images, tokens),
-            loss_fn=text_features_contrastive_loss,
-            train_source=_captions(task.caption_source, method_name),
-            train_operations=[*task.caption_operations,
-                              keep(("image", captions.TEXT_FEATURES_KEY))],
+            loss_fn=loss_fn, train_source=_captions(task.caption_source, method_name),
+            train_operations=[*task.caption_operations, *text_operations,
+                              keep(("image", *text_keys))],
             worker_count=data.worker_count)
     if method_name in SUPERVISED_METHODS:
         label_key = stage_config.get("label_key", "label")

@@ -4,8 +4,9 @@ weighted k-NN of the vision encoder across adapter alphas.
 The vision encoder is a Hugging Face ViT (`init.format="hf_vit"`, e.g. DINO ViT-B/16) or, on the
 embedded world, the image tower trained by the one stand-in stage before `wls` (e.g. method
 `supervised` on the domain label: an encoder that was never taught shape). The text encoder is a
-Hugging Face BERT (`text_encoder.path`, e.g. all-MiniLM-L6-v2) read with its own tokenizer; it
-stays frozen, so its features of every caption are computed once, before training.
+Hugging Face BERT (`text_encoder.path`, e.g. all-MiniLM-L6-v2) read with its own tokenizer;
+frozen by default, when its features of every caption are computed once, before training (a
+schedule that trains `txt/...` runs it at every step instead).
 
 Multi-host: every array brought to the host (trained params, features) is whole on every process
 (`sharding.host_copy`), so every process computes the same k-NN; only process 0 writes (main).
@@ -216,21 +217,22 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     stage = config[name]
     text_model, text_params = convert.from_hf_bert(config.text_encoder.path,
                                                    dtype_mm=config.model.dtype)
-    if not all(jax.tree.leaves(optim.frozen_mask(stage.optim, {"txt": text_params}))):
-        raise ValueError(f"config.{name}.optim.schedule trains params of the text encoder "
-                         "(txt/...); WLS keeps it frozen and computes its caption features once. "
-                         f"Start from methods.WLS_SCHEDULE, {methods.WLS_SCHEDULE}.")
+    text_frozen = all(jax.tree.leaves(optim.frozen_mask(stage.optim, {"txt": text_params})))
     tokenizer = experiment.build_tokenizer(config, workdir)
     task = tasks.build(config.data, seed=config.seed)
     image, vision_params = vision_encoder(config, task=task, tokenizer=tokenizer, mesh=mesh,
                                           workdir=workdir, writer=writer)
     model = wls.Model(image=dict(image, adapter=stage.adapter.to_dict()),
                       text=module_fields(text_model))
-    text_features = caption_features(
-        model.towers()[1], text_params, task.caption_source, tokenizer=tokenizer,
-        batch_size=config.eval.batch_size, mesh=mesh, worker_count=task.eval_worker_count)
-    task = dataclasses.replace(task, caption_source=captions.WithTextFeatures(
-        task.caption_source, text_features))
+    if text_frozen:  # Its caption features are computed once, not at every step.
+        text_features = caption_features(
+            model.towers()[1], text_params, task.caption_source, tokenizer=tokenizer,
+            batch_size=config.eval.batch_size, mesh=mesh, worker_count=task.eval_worker_count)
+        task = dataclasses.replace(task, caption_source=captions.WithTextFeatures(
+            task.caption_source, text_features))
+    else:
+        logging.info("config.%s.optim.schedule trains the text encoder: it runs at every step.",
+                     name)
     method = methods.build(stage.method, stage_config=stage, config=config, tokenizer=tokenizer,
                            models={"wls": model}, task=task, templates=())
     # The same first records on every process, so that every process gets the same tokens.
