@@ -409,12 +409,9 @@ def main(argv) -> int:
     sweep = plan(values.config, checkpoints=values.checkpoints, alphas=values.alphas,
                  datasets=values.datasets, pretrained=values.pretrained)
     config = sweep.config
-    if config.distributed.initialize:
-        sharding.maybe_initialize_distributed(
-            coordinator_address=config.distributed.coordinator_address,
-            num_processes=config.distributed.num_processes,
-            process_id=config.distributed.process_id)
-    mesh = sharding.make_mesh(**config.mesh)
+    mesh = sharding.mesh_from_config(config)
+    sharding.check_batch_sizes(mesh, {f"config.eval.batch_size={config.eval.batch_size}":
+                                      config.eval.batch_size})
     jax.set_mesh(mesh)
     outcome = run(sweep, out=values.out, mesh=mesh)
     if outcome.failures:

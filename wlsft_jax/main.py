@@ -51,12 +51,7 @@ def main(argv):
     config = _CONFIG.value
     recipes.check_config(config)
     experiment.check_names(config)
-    if config.distributed.initialize:
-        sharding.maybe_initialize_distributed(
-            coordinator_address=config.distributed.coordinator_address,
-            num_processes=config.distributed.num_processes,
-            process_id=config.distributed.process_id)
-    mesh = sharding.make_mesh(**config.mesh)
+    mesh = sharding.mesh_from_config(config)
     # Every training micro-batch and every evaluation batch (k-NN's feature bank too) is split
     # over the data shards: all are checked before anything trains.
     batch_sizes = {f"config.{name}: micro-batches of batch_size={config[name].batch_size} / "

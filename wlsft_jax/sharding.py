@@ -211,3 +211,14 @@ def maybe_initialize_distributed(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
     return True
+
+
+def mesh_from_config(config) -> Mesh:
+    """The mesh of `config.mesh`, after joining the distributed runtime when
+    `config.distributed.initialize` asks for it (the entry points' common start)."""
+    settings = config.distributed
+    if settings.initialize:
+        maybe_initialize_distributed(coordinator_address=settings.coordinator_address,
+                                     num_processes=settings.num_processes,
+                                     process_id=settings.process_id)
+    return make_mesh(**config.mesh)
