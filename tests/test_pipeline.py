@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from wlsft_jax.data import pipeline
+from wlsft_jax import recipes
+from wlsft_jax.data import pipeline, tasks
 from wlsft_jax.data import templates
 from wlsft_jax.data import tokenizer as tokenizer_lib
 from wlsft_jax.data import transforms
@@ -272,6 +273,26 @@ def test_random_resized_crop_respects_scale_and_ratio():
     assert max(fractions) - min(fractions) > 0.05  # The scale range is really sampled.
     with pytest.raises(ValueError, match="scale"):
         transforms.RandomResizedCrop(32, scale=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
+def test_random_resized_crop_resamples_its_box_with_pil(resample):
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    crop = transforms.RandomResizedCrop(16, scale=(0.5, 1.0), resample=resample)
+    out = crop.random_map({"image": image}, np.random.default_rng(3))["image"]
+    box = crop.crop_box(40, 56, np.random.default_rng(3))
+    expected = Image.fromarray(image).resize((16, 16), transforms.RESAMPLING[resample], box=box)
+    np.testing.assert_array_equal(out, np.asarray(expected))
+    with pytest.raises(ValueError, match=r"resample='nearest'; valid: \['bilinear', 'bicubic'\]"):
+        transforms.RandomResizedCrop(16, resample="nearest")
+
+
+def test_real_data_trains_on_bicubic_crops_and_the_world_on_bilinear_ones():
+    for data, resample in ((recipes.world_data(), "bilinear"),
+                           (recipes.real_data("imagenet"), "bicubic")):
+        [crop] = [op for op in tasks._augment(data)
+                  if isinstance(op, transforms.RandomResizedCrop)]
+        assert crop.resample == resample
 
 
 def test_normalize_values():

@@ -175,8 +175,11 @@ def build(data, *, seed: int) -> Task:
 
 
 def _augment(data) -> list[grain.Transformation]:
-    """uint8 image -> random resized crop (+ flip), normalised float32 (the training view)."""
-    operations = [transforms.RandomResizedCrop(size=data.image_size, scale=tuple(data.crop_scale))]
+    """uint8 image -> random resized crop (+ flip), normalised float32 (the training view).
+    Real images are resampled bicubically, as open_clip's training transform (WiSE-FT, FLYP)."""
+    operations = [transforms.RandomResizedCrop(
+        size=data.image_size, scale=tuple(data.crop_scale),
+        resample="bicubic" if data.source == "real" else "bilinear")]
     if data.flip:
         operations.append(transforms.RandomHorizontalFlip())
     return [*operations, _normalize(data)]

@@ -46,10 +46,8 @@ def _rgb_image(element: Any, key: str, transform: object) -> np.ndarray:
     return image
 
 
-def _resized(image: np.ndarray, size: int, box: tuple[int, int, int, int]):
-    """Bilinear (antialiased) resize of the (left, top, right, bottom) box of `image`."""
-    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(resized, dtype=np.uint8)
+# RandomResizedCrop's interpolation choices (PIL's filters, antialiased when downsampling).
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +99,18 @@ class ResizeCenterCrop(grain.MapTransform):
 @dataclasses.dataclass(frozen=True)
 class RandomResizedCrop(grain.RandomMapTransform):
     """Crops a random box (area fraction in `scale`, aspect ratio in `ratio`), resizes it to
-    size x size. FLYP fine-tunes with scale=(0.9, 1.0)."""
+    size x size with `resample` (a RESAMPLING name). FLYP fine-tunes with scale=(0.9, 1.0),
+    bicubic as open_clip."""
     size: int
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     key: str = "image"
     attempts: int = 10
+    resample: str = "bilinear"
 
     def __post_init__(self):
+        if self.resample not in RESAMPLING:
+            raise ValueError(f"Unknown resample={self.resample!r}; valid: {list(RESAMPLING)}.")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale={self.scale} must satisfy 0 < low <= high <= 1.")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -139,7 +141,9 @@ class RandomResizedCrop(grain.RandomMapTransform):
     def random_map(self, element, rng: np.random.Generator):
         image = _rgb_image(element, self.key, self)
         box = self.crop_box(image.shape[0], image.shape[1], rng)
-        return {**element, self.key: _resized(image, self.size, box)}
+        resized = Image.fromarray(image).resize((self.size, self.size),
+                                                RESAMPLING[self.resample], box=box)
+        return {**element, self.key: np.asarray(resized, dtype=np.uint8)}
 
 
 @dataclasses.dataclass(frozen=True)
