@@ -28,12 +28,12 @@ with data.train_examples_per_domain).
 Embedded world (data=world): no DINO exists there, so a stand-in ViT is first trained to tell the
 visual domain (photo, sketch, ...) of world images: a vision-only encoder never taught shape. WLS
 then tunes it on photo captions, and k-NN classifies shape on photo (ID) and the other domains
-(OOD). Measured on a 2-core CPU shared with other runs (load 4-6), one seed, k = 20 top-1 in %,
-ID photo / average of the 4 OOD domains (500 images each), chance 9.1:
+(OOD). Measured on a 2-core CPU shared with the test suite (load 4-7), one seed, k = 20 top-1
+in %, ID photo / average of the 4 OOD domains (500 images each), chance 9.1 (BENCHMARKS.md):
   adapter        alpha 0      alpha 0.5    alpha 1      wall
-  token_replay   19.2 / 8.6   18.2 / 8.4   15.6 / 8.8   3.4 min
-  film           19.2 / 8.6   17.2 / 8.6   18.2 / 8.1   2.4 min
-  lora           19.2 / 8.6   16.4 / 8.7   17.2 / 8.4   2.8 min
+  token_replay   19.2 / 8.6   18.2 / 8.4   15.6 / 8.8   2.8 min
+  film           19.2 / 8.6   17.2 / 8.6   18.2 / 8.1   3.3 min
+  lora           19.2 / 8.6   16.4 / 8.7   17.2 / 8.4   4.6 min
 Shape stays near chance: WLS through adapters does not add a concept the encoder lacks. (The
 frozen text encoder's caption features are computed once, so a step runs the image tower only.)
 No paper number is quoted here for the real-data runs.
