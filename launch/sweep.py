@@ -13,7 +13,7 @@ r"""Sweeps checkpoints × WiSE-FT alphas × datasets into one robustness report,
 
 A cell is one (checkpoint, alpha, dataset). Checkpoints are orbax stage directories of earlier
 runs (their latest step; the params are a CLIP {img, txt, ...} or a classifier {img, head}),
-local or gs://, or local Hugging Face CLIP directories, given as paths or globs. Each is mixed
+or Hugging Face CLIP directories, local or gs:// alike, given as paths or globs. Each is mixed
 against the pretrained CLIP (alpha 0) as the main run's WiSE-FT sweep does, and reported under a
 method name made of the trailing path parts that tell the checkpoints apart (runs/a/flyp and
 runs/b/flyp -> a/flyp, b/flyp). The pretrained CLIP is --pretrained (an orbax stage directory or

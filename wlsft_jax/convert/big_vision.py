@@ -8,6 +8,7 @@ import math
 import re
 
 from absl import logging
+from etils import epath
 from flax import traverse_util
 import flax.linen as nn
 import jax
@@ -126,7 +127,7 @@ def from_big_vision(path: str, *, image_size: int | None = None, patch_size: int
     `act`/`layer_norm_eps` default to big_vision's (flax's tanh GELU, 1e-6). Another
     `image_size` / `patch_size` resamples the position embedding and patch kernel (logged).
     """
-    with np.load(path, allow_pickle=False) as npz:
+    with epath.Path(path).open("rb") as file, np.load(file, allow_pickle=False) as npz:
         state = modernize(dict(npz))
     if not keep_head:
         dropped = sorted(k for k in state if k.startswith(("head/", "pre_logits/")))
@@ -154,5 +155,6 @@ def from_big_vision(path: str, *, image_size: int | None = None, patch_size: int
 def to_big_vision_npz(params: dict, path: str) -> None:
     """Writes our ViT params as a big_vision `.npz` (current naming, no pickles)."""
     state = to_big_vision(nn.unbox(params))
-    np.savez(path, **{k: np.asarray(v) for k, v in state.items()})
+    with epath.Path(path).open("wb") as file:
+        np.savez(file, **{k: np.asarray(v) for k, v in state.items()})
     logging.info("Wrote big_vision checkpoint %s (%d arrays).", path, len(state))

@@ -6,7 +6,6 @@ shapes a checkpoint must have, so loading reports every missing, unexpected or m
 """
 import json
 import math
-import os
 import re
 
 from absl import logging
@@ -14,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+import safetensors.numpy
+from etils import epath
 
 from wlsft_jax.convert.keys import abstract_params, check_keys
 from wlsft_jax.models import overview, two_towers, vit
@@ -213,12 +213,12 @@ def vit_to_torch(params) -> dict:
 
 def load_checkpoint(path, model, inputs, from_torch, to_torch, ignored: re.Pattern):
     """Reads `path`/model.safetensors, validates it against `model`, converts to our params."""
-    file = os.path.join(path, "model.safetensors")
-    if not os.path.exists(file):
+    file = epath.Path(path) / "model.safetensors"
+    if not file.exists():
         raise ValueError(f"{path} has no model.safetensors; only safetensors checkpoints are read "
                          "(pickled pytorch_model.bin is never unpickled). Re-save the model with "
                          "`save_pretrained(dir, safe_serialization=True)`.")
-    state = load_file(file)
+    state = safetensors.numpy.load(file.read_bytes())
     skipped = sorted(k for k in state if ignored.match(k))
     if skipped:
         logging.info("Ignoring %d checkpoint entries not used by the model: %s", len(skipped),
@@ -232,8 +232,7 @@ def load_checkpoint(path, model, inputs, from_torch, to_torch, ignored: re.Patte
 
 def read_config(path, model_types: tuple[str, ...], defaults: dict) -> dict:
     """`path`/config.json over transformers' `defaults`; ValueError for another model type."""
-    with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
+    config = json.loads((epath.Path(path) / "config.json").read_text())
     if config.get("model_type") not in model_types:
         raise ValueError(f"{path} holds a {config.get('model_type')!r} model; this loader reads "
                          f"model_type in {list(model_types)}.")
@@ -370,8 +369,9 @@ def to_hf_clip(model: two_towers.Model, params: dict, out_dir: str) -> None:
     params = nn.unbox(params)
     config = hf_clip_config(model, params)
     state = {k: np.array(v, np.float32, order="C") for k, v in clip_to_torch(params).items()}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (out_dir / "model.safetensors").write_bytes(
+        safetensors.numpy.save(state, metadata={"format": "pt"}))
     logging.info("Wrote HF CLIPModel to %s (%d tensors).", out_dir, len(state))
