@@ -8,7 +8,8 @@ r"""Sweeps checkpoints × WiSE-FT alphas × datasets into one robustness report,
 
   # The embedded world: the first seed of every fine-tuning stage of configs/compare_clip.py.
   python launch/sweep.py --config=configs/compare_clip.py \
-      --pretrained=workdir/compare_clip/pretrain --checkpoints='workdir/compare_clip/*/seed0' \
+      --pretrained=workdir/compare_clip/pretrain/seed0 \
+      --checkpoints='workdir/compare_clip/{lp,ft,lpft,flyp}/seed0' \
       --alphas=0,0.5,1 --out=workdir/compare_clip_sweep
 
 A cell is one (checkpoint, alpha, dataset). Checkpoints are orbax stage directories of earlier
@@ -197,7 +198,8 @@ def _cell_key(record: dict) -> tuple[str, float, str]:
 
 
 class Ledger:
-    """`<out>/results.json`, the records of finished cells, and `<out>/failures.json`.
+    """`<out>/results.json`, the records of finished cells, `<out>/failures.json`, and
+    `<out>/checkpoints.json`, the name each checkpoint path got in this --out.
 
     Each write replaces the file through a temporary one, so the file is always whole. Only
     process 0 writes; every process reads, so all skip the same cells.
@@ -205,10 +207,26 @@ class Ledger:
 
     def __init__(self, out: epath.Path):
         self.results_path, self.failures_path = out / "results.json", out / "failures.json"
+        self.names_path = out / "checkpoints.json"
         self.records = (report.load_records(self.results_path)
                         if self.results_path.exists() else [])
         self.failures = []
         self._finished = {_cell_key(r) for r in self.records}
+
+    def stable_names(self, names: dict[str, str]) -> dict[str, str]:
+        """`names` ({path: method name}) with every path named as an earlier run into this --out
+        named it: a rerun whose globs match more checkpoints neither renames nor re-evaluates
+        the finished ones. A new name that an earlier run gave another path is a ValueError."""
+        earlier = json.loads(self.names_path.read_text()) if self.names_path.exists() else {}
+        names = {path: earlier.get(path, name) for path, name in names.items()}
+        owners = {name: path for path, name in earlier.items()}
+        clashes = {path: f"{name!r}, already {owners[name]}'s" for path, name in names.items()
+                   if owners.get(name, path) != path}
+        if clashes:
+            raise ValueError(f"Checkpoints would take names that {self.names_path} gives other "
+                             f"checkpoints: {clashes}; sweep them into another --out.")
+        self._write(self.names_path, {**earlier, **names})
+        return names
 
     def done(self, cell: Cell) -> bool:
         return cell.key in self._finished
@@ -241,6 +259,7 @@ def run(sweep: Sweep, *, out, mesh) -> Outcome:
     if jax.process_index() == 0:
         (out / "config.json").write_text(sweep.config.to_json_best_effort(indent=2))
     ledger = Ledger(out)
+    sweep = dataclasses.replace(sweep, methods=ledger.stable_names(sweep.methods))
     cells = sweep.cells()
     pending = [cell for cell in cells if not ledger.done(cell)]
     logging.info("Sweep of %d cells (%d checkpoints x %d alphas x %d datasets): %d finished "
@@ -344,8 +363,9 @@ def load_checkpoint(path: str, config, targets: dict) -> dict:
     """The params of a Hugging Face CLIP directory or of an orbax stage directory's latest
     checkpoint (a CLIP or a classifier, told apart by its metadata), placed as `targets` say."""
     if checkpoint_format(path) == "hf_clip":
-        _, params = convert.from_hf_clip(path, image_size=config.data.image_size,
-                                         dtype_mm=config.model.dtype)
+        model, params = convert.from_hf_clip(path, image_size=config.data.image_size,
+                                             dtype_mm=config.model.dtype)
+        _, params = experiment.with_memory_levers(config.model, model, params)
         return jax.device_put(params, _shardings(targets["clip"]))
     with checkpoint.Checkpointer(path) as manager:
         step = manager.latest_step()

@@ -5,6 +5,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from wlsft_jax import checkpoint, experiment, sharding
+from wlsft_jax import checkpoint, experiment, report, sharding
 from wlsft_jax.data import tasks, tokenizer as tokenizer_lib, world
 from test_configs import REPO, load
 
@@ -188,6 +189,22 @@ def test_a_failing_cell_is_reported_and_the_others_complete(runs, tmp_path):
         ("flyp", alpha, dataset) for alpha in (0.0, 1.0) for dataset in DATASETS}
     assert (out / "report" / "report.md").exists()
     assert "4 cell(s) failed" in result.stderr
+
+
+def test_a_rerun_that_matches_more_checkpoints_keeps_their_names(runs, tmp_path):
+    """Names depend on which paths a sweep holds; checkpoints.json keeps the first run's, so a
+    rerun with one more 'flyp' neither renames nor re-evaluates the finished checkpoint."""
+    shutil.copytree(runs / "flyp", tmp_path / "again" / "flyp")
+    out = tmp_path / "out"
+    first = run_sweep(runs, out, checkpoints=("flyp",), alphas=(0.0, 1.0))
+    assert {cell.method for cell in first.evaluated} == {"flyp"}
+    second = run_sweep(runs, out, checkpoints=("flyp", str(tmp_path / "again" / "flyp")),
+                       alphas=(0.0, 1.0))
+    assert {cell.method for cell in second.evaluated} == {"again/flyp"}
+    assert json.loads((out / "checkpoints.json").read_text()) == {
+        str(runs / "flyp"): "flyp", str(tmp_path / "again" / "flyp"): "again/flyp"}
+    assert {r["method"] for r in report.load_records(out / "results.json")} == {
+        "flyp", "again/flyp"}
 
 
 @pytest.mark.parametrize("inputs, message", [

@@ -14,15 +14,14 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from wlsft_jax import checkpoint, convert, interpolate, methods, report, sharding, train
+from wlsft_jax import (checkpoint, convert, interpolate, methods, recipes, report, sharding,
+                       train)
 from wlsft_jax.data import pipeline, tasks, templates as templates_lib
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
 from wlsft_jax.models import classifier, two_towers, vit
 
 ZERO_SHOT = "zeroshot"
-# The towers' memory options a config sets on top of a checkpoint's architecture.
-MEMORY_LEVERS = ("scan", "remat_policy")
 
 
 def report_metric(config, kind: str = tasks.ID) -> str:
@@ -118,7 +117,7 @@ def initial_clip(config, models):
     if init.format == "hf_clip":
         clip_model, params = convert.from_hf_clip(init.path, image_size=config.data.image_size,
                                                   dtype_mm=config.model.dtype)
-        clip_model, params = _with_memory_levers(config.model, clip_model, params)
+        clip_model, params = with_memory_levers(config.model, clip_model, params)
         image = dict(clip_model.image, proj_dim=clip_model.out_dim)
         return {"clip": clip_model,
                 "classifier": models["classifier"].clone(img=image)}, params
@@ -142,12 +141,12 @@ def initial_clip(config, models):
                      "'wls'); CLIP stages start from 'scratch', 'hf_clip' or 'orbax'.")
 
 
-def _with_memory_levers(model_config, clip_model, params):
-    """The checkpoint's CLIP with `model.img` / `model.txt`'s scan and remat_policy, its params
-    stacked for the towers that scan (the converters give the looped layout)."""
+def with_memory_levers(model_config, clip_model, params):
+    """A converted checkpoint's CLIP with `model.img` / `model.txt`'s scan and remat_policy, its
+    params stacked for the towers that scan (the converters give the looped layout)."""
     towers = {}
     for key, field in (("img", "image"), ("txt", "text")):
-        levers = {lever: model_config[key][lever] for lever in MEMORY_LEVERS
+        levers = {lever: model_config[key][lever] for lever in recipes.MEMORY_LEVERS
                   if lever in model_config[key]}
         towers[field] = dict(getattr(clip_model, field), **levers)
         if levers.get("scan"):

@@ -122,7 +122,7 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
                 contrastive_loss, ("tokens",), [transforms.Tokenize(tokenizer)])
         return Method(
             name=method_name, model=models["wls"], example_inputs=(images, tokens),
-            loss_fn=loss_fn, train_source=_captions(task.caption_source, method_name),
+            loss_fn=loss_fn, train_source=training_captions(task.caption_source, method_name),
             train_operations=[*task.caption_operations, *text_operations,
                               keep(("image", *text_keys))],
             worker_count=data.worker_count)
@@ -132,12 +132,12 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
         return Method(
             name=method_name, model=models["classifier"], example_inputs=(images,),
             loss_fn=functools.partial(classification_loss, label_key=label_key),
-            train_source=_captions(task.pretrain_source, method_name),
+            train_source=training_captions(task.pretrain_source, method_name),
             train_operations=[*image_operations, keep(("image", label_key))],
             worker_count=data.worker_count)
     if method_name in CONTRASTIVE_METHODS:
         if method_name == "pretrain":
-            source = _captions(task.pretrain_source, method_name)
+            source = training_captions(task.pretrain_source, method_name)
             text_operations = [transforms.Tokenize(tokenizer)]
         else:
             source = task.train_source
@@ -155,7 +155,7 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
         worker_count=data.worker_count)
 
 
-def _captions(source, method_name):
+def training_captions(source, method_name):
     """`source`, or a ValueError when the data has none for `method_name`."""
     if source is None:
         raise ValueError(f"Method {method_name!r} has no training data here: 'pretrain' and "

@@ -331,7 +331,7 @@ def lp_stage(**overrides) -> ml_collections.ConfigDict:
 
 # The real-data tasks of the CLIP configs (`--config=configs/<x>_clip.py:<task>`): ID dataset,
 # OOD datasets (the report averages over exactly these), shared label space, fine-tuning batch
-# size, steps (epochs x training images // batch size) and warm-up, weight decay, and the metrics
+# size, steps (about epochs x training images / batch size) and warm-up, weight decay, the metrics
 # the report tabulates for the ID and the OOD datasets, and the prompt templates of the zero-shot
 # head and of FLYP. Unless a task says otherwise: batch size 512 and weight decay 0.1 (WiSE-FT's
 # and FLYP's ImageNet recipe), reported by top-1, CLIP's 80 ImageNet templates.

@@ -226,7 +226,8 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                       text=module_fields(text_model))
     if text_frozen:  # Its caption features are computed once, not at every step.
         text_features = caption_features(
-            model.towers()[1], text_params, task.caption_source, tokenizer=tokenizer,
+            model.towers()[1], text_params,
+            methods.training_captions(task.caption_source, stage.method), tokenizer=tokenizer,
             batch_size=config.eval.batch_size, mesh=mesh, worker_count=task.eval_worker_count)
         task = dataclasses.replace(task, caption_source=captions.WithTextFeatures(
             task.caption_source, text_features))

@@ -6,6 +6,7 @@ shapes a checkpoint must have, so loading reports every missing, unexpected or m
 """
 import json
 import math
+import os
 import re
 
 from absl import logging
@@ -218,7 +219,9 @@ def load_checkpoint(path, model, inputs, from_torch, to_torch, ignored: re.Patte
         raise ValueError(f"{path} has no model.safetensors; only safetensors checkpoints are read "
                          "(pickled pytorch_model.bin is never unpickled). Re-save the model with "
                          "`save_pretrained(dir, safe_serialization=True)`.")
-    state = safetensors.numpy.load(file.read_bytes())
+    # Local files are memory-mapped; remote ones (gs://) are read whole.
+    state = (safetensors.numpy.load_file(file) if "://" not in os.fspath(file)
+             else safetensors.numpy.load(file.read_bytes()))
     skipped = sorted(k for k in state if ignored.match(k))
     if skipped:
         logging.info("Ignoring %d checkpoint entries not used by the model: %s", len(skipped),
