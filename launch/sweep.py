@@ -280,7 +280,9 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
     """Evaluates `pending`, recording each cell's records or its failure.
 
     Each checkpoint is read once; its mix with the pretrained CLIP at a traced alpha compiles
-    once per kind (CLIP or classifier) for the whole sweep.
+    once per kind (CLIP or classifier) for the whole sweep. Alpha 0 is the pretrained zero-shot
+    model whatever the checkpoint: each dataset evaluates it once, and every checkpoint's alpha-0
+    cell records those values under its own name.
     """
     config = sweep.config
     tokenizer = experiment.build_tokenizer(config, out)
@@ -308,6 +310,17 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
         config, mesh, dataclasses.replace(task, eval_sets=(eval_sets[name],)),
         models["classifier"]) for name in sweep.datasets}
 
+    zero_shot_records = {}  # dataset -> the alpha-0 records, evaluated once.
+
+    def evaluate(cell, params):
+        if cell.alpha == 0:
+            if cell.dataset not in zero_shot_records:
+                zero_shot_records[cell.dataset] = evaluators[cell.dataset](
+                    zero_shot_classifier, method=cell.method, alpha=0.0, seed=config.seed)
+            return [dict(record, method=cell.method) for record in zero_shot_records[cell.dataset]]
+        return evaluators[cell.dataset](params, method=cell.method, alpha=cell.alpha,
+                                        seed=config.seed)
+
     numbered = enumerate(pending, 1)
     for path, group in itertools.groupby(numbered, key=lambda item: item[1].checkpoint):
         group = list(group)
@@ -323,13 +336,12 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
         mixed_alpha, params = None, None
         for number, cell in group:
             try:
-                if cell.alpha != mixed_alpha:
+                if cell.alpha not in (mixed_alpha, 0):
                     alpha = jnp.float32(cell.alpha)
                     params = (mix_clip(pretrained, fine_tuned, alpha) if "txt" in fine_tuned
                               else mix_classifier(zero_shot_classifier, fine_tuned, alpha))
                     mixed_alpha = cell.alpha
-                records = evaluators[cell.dataset](params, method=cell.method,
-                                                   alpha=cell.alpha, seed=config.seed)
+                records = evaluate(cell, params)
             except Exception as error:  # One broken cell must not stop the others.
                 logging.exception("Cell %d/%d (%s alpha=%g on %s) failed.", number,
                                   len(pending), cell.method, cell.alpha, cell.dataset)

@@ -191,6 +191,24 @@ def test_a_failing_cell_is_reported_and_the_others_complete(runs, tmp_path):
     assert "4 cell(s) failed" in result.stderr
 
 
+def test_alpha_zero_is_evaluated_once_per_dataset(runs, clean_sweep, tmp_path, monkeypatch):
+    """Alpha 0 is the pretrained model for every checkpoint: 2 datasets x (1 + 2 checkpoints x
+    2 other alphas) evaluations for the 12 cells, with the clean sweep's values."""
+    calls = []
+    make_evaluator = experiment.make_evaluator
+
+    def counting_evaluator(*args, **kwargs):
+        evaluate = make_evaluator(*args, **kwargs)
+        return lambda *a, **k: calls.append(k["alpha"]) or evaluate(*a, **k)
+
+    monkeypatch.setattr(experiment, "make_evaluator", counting_evaluator)
+    outcome = run_sweep(runs, tmp_path / "out")
+    assert len(outcome.evaluated) == 12
+    assert sorted(calls) == sorted([0.0] * 2 + [a for a in ALPHAS if a] * 4)
+    assert values_of(report.load_records(tmp_path / "out" / "results.json")) == values_of(
+        clean_sweep[1])
+
+
 def test_a_rerun_that_matches_more_checkpoints_keeps_their_names(runs, tmp_path):
     """Names depend on which paths a sweep holds; checkpoints.json keeps the first run's, so a
     rerun with one more 'flyp' neither renames nor re-evaluates the finished checkpoint."""
