@@ -6,10 +6,10 @@ r"""Sweeps checkpoints × WiSE-FT alphas × datasets into one robustness report,
       --alphas=0,0.5,1 --datasets=imagenet2012,imagenet_r,imagenet_sketch \
       --out=gs://bucket/sweeps/imagenet
 
-  # The embedded world: the first seed of every fine-tuning stage of configs/compare_clip.py.
-  python launch/sweep.py --config=configs/compare_clip.py \
-      --pretrained=workdir/compare_clip/pretrain/seed0 \
-      --checkpoints='workdir/compare_clip/{lp,ft,lpft,flyp}/seed0' \
+  # The embedded world: every seed of every fine-tuning stage of configs/compare_clip.py.
+  w=workdir/compare_clip
+  python launch/sweep.py --config=configs/compare_clip.py --pretrained=$w/pretrain/seed0 \
+      --checkpoints="$w/lp/seed*,$w/ft/seed*,$w/lpft/seed*,$w/flyp/seed*" \
       --alphas=0,0.5,1 --out=workdir/compare_clip_sweep
 
 A cell is one (checkpoint, alpha, dataset). Checkpoints are orbax stage directories of earlier
@@ -17,10 +17,12 @@ runs (their latest step; the params are a CLIP {img, txt, ...} or a classifier {
 or Hugging Face CLIP directories, local or gs:// alike, given as paths or globs. Each is mixed
 against the pretrained CLIP (alpha 0) as the main run's WiSE-FT sweep does, and reported under a
 method name made of the trailing path parts that tell the checkpoints apart (runs/a/flyp and
-runs/b/flyp -> a/flyp, b/flyp). The pretrained CLIP is --pretrained (an orbax stage directory or
-a Hugging Face CLIP directory), else the config's `init`. The config also gives the data, the
-model layout, the tokenizer and the evaluation settings; --datasets picks among its ID and OOD
-sets (default: all) and must keep the ID set and one OOD set for the report.
+runs/b/flyp -> a/flyp, b/flyp); the seed directories of one stage (flyp/seed0, flyp/seed1, as
+wlsft_jax.main writes them with num_seeds > 1) are that stage's seeds in one report row. The
+pretrained CLIP is --pretrained (an orbax stage directory or a Hugging Face CLIP directory),
+else the config's `init`. The config also gives the data, the model layout, the tokenizer and
+the evaluation settings; --datasets picks among its ID and OOD sets (default: all) and must keep
+the ID set and one OOD set for the report.
 
 Everything goes to --out: after each cell its records join `results.json` (rewritten whole
 through a temporary file, so a kill loses at most the cell in flight); a rerun of the same
@@ -51,6 +53,7 @@ from wlsft_jax.data import tasks, templates
 from wlsft_jax.evals import zero_shot
 
 _GLOB_CHARACTERS = re.compile(r"[*?[]")
+_SEED_DIRECTORY = re.compile(r"seed(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,24 +63,27 @@ class Cell:
     alpha: float
     dataset: str
     method: str  # The checkpoint's name in the report.
+    seed: int
 
     @property
-    def key(self) -> tuple[str, float, str]:
+    def key(self) -> tuple[str, float, str, int]:
         """What identifies the cell's records in results.json."""
-        return self.method, self.alpha, self.dataset
+        return self.method, self.alpha, self.dataset, self.seed
 
 
 @dataclasses.dataclass
 class Sweep:
-    """A checked sweep: its config (with the pretrained CLIP in `init`), the method name of each
-    checkpoint path, the alphas and the datasets (ID first)."""
+    """A checked sweep: its config (with the pretrained CLIP in `init`), the method name and
+    the seed of each checkpoint path, the alphas and the datasets (ID first)."""
     config: ml_collections.ConfigDict
     methods: dict[str, str]
+    seeds: dict[str, int]
     alphas: tuple[float, ...]
     datasets: tuple[str, ...]
 
     def cells(self) -> list[Cell]:
-        return [Cell(path, alpha, dataset, method) for path, method in self.methods.items()
+        return [Cell(path, alpha, dataset, method, self.seeds[path])
+                for path, method in self.methods.items()
                 for alpha in self.alphas for dataset in self.datasets]
 
 
@@ -112,7 +118,10 @@ def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None) ->
     paths = list(dict.fromkeys(path for pattern in checkpoints for path in expand(pattern)))
     if not paths:
         raise ValueError("No checkpoints given; pass --checkpoints=PATH_OR_GLOB[,...].")
+    seeds = {path: split_seed(path)[1] for path in paths}
     return Sweep(config=config, methods=method_names(paths),
+                 seeds={path: config.seed if seed is None else seed
+                        for path, seed in seeds.items()},
                  alphas=parse_alphas(config.eval.alphas if alphas is None else alphas),
                  datasets=select_datasets(config.data, datasets))
 
@@ -146,18 +155,30 @@ def expand(pattern: str) -> list[str]:
     return matches
 
 
+def split_seed(path: str) -> tuple[str, int | None]:
+    """(the run's stage directory, its seed) of a seed directory (`.../flyp/seed1`, as
+    `wlsft_jax.main` writes with num_seeds > 1); (path, None) for any other path."""
+    base, _, last = path.rpartition("/")
+    match = _SEED_DIRECTORY.fullmatch(last)
+    return (base, int(match[1])) if match and base else (path, None)
+
+
 def method_names(paths: list[str]) -> dict[str, str]:
-    """{path: its fewest trailing path parts that no other path ends with}."""
-    parts = [path.split("/") for path in paths]
+    """{path: the fewest trailing parts of its stage directory that no other one ends with};
+    the seed directories of one stage share its name (they are seeds of one report row)."""
+    bases = {path: split_seed(path)[0] for path in paths}
+    unique = list(dict.fromkeys(bases.values()))
+    parts = [base.split("/") for base in unique]
 
     def name(index):
         own = parts[index]
         for depth in range(1, len(own)):
             if all(other[-depth:] != own[-depth:] for other in parts if other is not own):
                 return "/".join(own[-depth:])
-        return paths[index]
+        return unique[index]
 
-    return {path: name(index) for index, path in enumerate(paths)}
+    names = {base: name(index) for index, base in enumerate(unique)}
+    return {path: names[base] for path, base in bases.items()}
 
 
 def parse_alphas(values) -> tuple[float, ...]:
@@ -193,8 +214,8 @@ def select_datasets(data, names) -> tuple[str, ...]:
     return tuple(name for name in valid if name in names)
 
 
-def _cell_key(record: dict) -> tuple[str, float, str]:
-    return record["method"], record["alpha"], record["dataset"]
+def _cell_key(record: dict) -> tuple[str, float, str, int]:
+    return record["method"], record["alpha"], record["dataset"], record["seed"]
 
 
 class Ledger:
@@ -214,18 +235,20 @@ class Ledger:
         self._finished = {_cell_key(r) for r in self.records}
 
     def stable_names(self, names: dict[str, str]) -> dict[str, str]:
-        """`names` ({path: method name}) with every path named as an earlier run into this --out
-        named it: a rerun whose globs match more checkpoints neither renames nor re-evaluates
-        the finished ones. A new name that an earlier run gave another path is a ValueError."""
+        """`names` ({path: method name}) with every stage directory named as an earlier run into
+        this --out named it: a rerun whose globs match more checkpoints neither renames nor
+        re-evaluates the finished ones. A new name that an earlier run gave another stage
+        directory is a ValueError."""
         earlier = json.loads(self.names_path.read_text()) if self.names_path.exists() else {}
-        names = {path: earlier.get(path, name) for path, name in names.items()}
-        owners = {name: path for path, name in earlier.items()}
-        clashes = {path: f"{name!r}, already {owners[name]}'s" for path, name in names.items()
-                   if owners.get(name, path) != path}
+        bases = {path: split_seed(path)[0] for path in names}
+        names = {path: earlier.get(bases[path], name) for path, name in names.items()}
+        owners = {name: base for base, name in earlier.items()}
+        clashes = {bases[path]: f"{name!r}, already {owners[name]}'s"
+                   for path, name in names.items() if owners.get(name, bases[path]) != bases[path]}
         if clashes:
             raise ValueError(f"Checkpoints would take names that {self.names_path} gives other "
                              f"checkpoints: {clashes}; sweep them into another --out.")
-        self._write(self.names_path, {**earlier, **names})
+        self._write(self.names_path, {**earlier, **{bases[p]: n for p, n in names.items()}})
         return names
 
     def done(self, cell: Cell) -> bool:
@@ -316,10 +339,11 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
         if cell.alpha == 0:
             if cell.dataset not in zero_shot_records:
                 zero_shot_records[cell.dataset] = evaluators[cell.dataset](
-                    zero_shot_classifier, method=cell.method, alpha=0.0, seed=config.seed)
-            return [dict(record, method=cell.method) for record in zero_shot_records[cell.dataset]]
+                    zero_shot_classifier, method=cell.method, alpha=0.0, seed=cell.seed)
+            return [dict(record, method=cell.method, seed=cell.seed)
+                    for record in zero_shot_records[cell.dataset]]
         return evaluators[cell.dataset](params, method=cell.method, alpha=cell.alpha,
-                                        seed=config.seed)
+                                        seed=cell.seed)
 
     numbered = enumerate(pending, 1)
     for path, group in itertools.groupby(numbered, key=lambda item: item[1].checkpoint):

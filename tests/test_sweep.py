@@ -191,6 +191,18 @@ def test_a_failing_cell_is_reported_and_the_others_complete(runs, tmp_path):
     assert "4 cell(s) failed" in result.stderr
 
 
+def test_seed_directories_are_seeds_of_one_report_row(runs, tmp_path):
+    for seed in (0, 1):
+        shutil.copytree(runs / "flyp", tmp_path / "w" / "flyp" / f"seed{seed}")
+    out = tmp_path / "out"
+    outcome = run_sweep(runs, out, checkpoints=[str(tmp_path / "w" / "flyp" / f"seed{seed}")
+                                                for seed in (0, 1)], alphas=(0.0, 1.0))
+    assert len(outcome.evaluated) == 8 and outcome.failures == []
+    records = report.load_records(out / "results.json")
+    assert {(r["method"], r["seed"]) for r in records} == {("flyp", 0), ("flyp", 1)}
+    assert "seeds per row: 2" in (out / "report" / "report.md").read_text()
+
+
 def test_alpha_zero_is_evaluated_once_per_dataset(runs, clean_sweep, tmp_path, monkeypatch):
     """Alpha 0 is the pretrained model for every checkpoint: 2 datasets x (1 + 2 checkpoints x
     2 other alphas) evaluations for the 12 cells, with the clean sweep's values."""
@@ -248,6 +260,11 @@ def test_bad_input_is_an_error_naming_the_valid_choices(runs, inputs, message):
 def test_method_names_are_the_trailing_path_parts_that_differ(runs):
     assert sweep.method_names(["gs://b/runs/a/flyp", "gs://b/runs/b/flyp", "/x/ft"]) == {
         "gs://b/runs/a/flyp": "a/flyp", "gs://b/runs/b/flyp": "b/flyp", "/x/ft": "ft"}
+    # The seed directories of one stage are seeds of one row.
+    assert sweep.method_names(["/w/flyp/seed0", "/w/flyp/seed1", "/w/ft/seed0"]) == {
+        "/w/flyp/seed0": "flyp", "/w/flyp/seed1": "flyp", "/w/ft/seed0": "ft"}
+    assert sweep.split_seed("/w/flyp/seed12") == ("/w/flyp", 12)
+    assert sweep.split_seed("/w/seed_bank") == ("/w/seed_bank", None)
     plan = sweep.plan(load(CONFIG, *TINY), checkpoints=[f"{runs}/f*", f"{runs}/flyp"],
                       pretrained=str(runs / "pretrain"))
     assert plan.methods == {f"{runs}/flyp": "flyp", f"{runs}/ft": "ft"}
