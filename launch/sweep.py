@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -49,8 +50,7 @@ from ml_collections import config_flags
 
 from wlsft_jax import (checkpoint, convert, experiment, interpolate, methods, recipes, report,
                        sharding)
-from wlsft_jax.data import tasks, templates
-from wlsft_jax.evals import zero_shot
+from wlsft_jax.data import tasks
 
 _GLOB_CHARACTERS = re.compile(r"[*?[]")
 _SEED_DIRECTORY = re.compile(r"seed(\d+)")
@@ -314,13 +314,8 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
         config, tokenizer, num_classes=len(task.class_names)))
     targets = _restore_targets(config, models, tokenizer, mesh)
     pretrained = jax.device_put(pretrained, _shardings(targets["clip"]))
-    class_tokens = jnp.asarray(zero_shot.class_prompt_tokens(
-        tokenizer, task.class_names, templates.get_templates(config.eval.templates)))
-
-    def as_classifier(clip_params):
-        """The image tower with the zero-shot head of the text tower, as WiSE-FT evaluates."""
-        return {"img": clip_params["img"], "head": zero_shot.zero_shot_head(
-            models["clip"], clip_params, class_tokens)}
+    head_fn = experiment.zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
+    as_classifier = functools.partial(experiment.as_classifier, head_fn=head_fn)
 
     # A CLIP is mixed whole and its head rebuilt from the mixed text tower; a classifier is
     # mixed against the pretrained image tower with its zero-shot head (experiment.wise_ft_sweep).

@@ -114,10 +114,7 @@ def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
     task = dataclasses.replace(task, eval_sets=task.eval_sets[:2])  # photo, sketch
     models, pretrained = experiment.initial_clip(config, experiment.build_models(
         config, tokenizer, num_classes=len(task.class_names)))
-    class_tokens = jnp.asarray(sweep.zero_shot.class_prompt_tokens(
-        tokenizer, task.class_names, sweep.templates.get_templates(config.eval.templates)))
-    head_fn = jax.jit(lambda params: sweep.zero_shot.zero_shot_head(models["clip"], params,
-                                                                    class_tokens))
+    head_fn = experiment.zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
     mesh = sharding.make_mesh(**config.mesh)
     evaluate = experiment.make_evaluator(config, mesh, task, models["classifier"])
     targets = sweep._restore_targets(config, models, tokenizer, mesh)

@@ -199,10 +199,10 @@ def wise_ft_sweep(config, evaluate, head_fn, pretrained, fine_tuned, *, method, 
     `evaluate` is `make_evaluator`'s.
     """
     if "txt" in fine_tuned:
-        mix = jax.jit(lambda alpha: _as_classifier(
+        mix = jax.jit(lambda alpha: as_classifier(
             interpolate.interpolate(pretrained, fine_tuned, alpha), head_fn))
     else:
-        theta0 = _as_classifier(pretrained, head_fn)
+        theta0 = as_classifier(pretrained, head_fn)
         mix = jax.jit(lambda alpha: interpolate.interpolate(theta0, fine_tuned, alpha))
     records = []
     for alpha in config.eval.alphas:
@@ -210,8 +210,17 @@ def wise_ft_sweep(config, evaluate, head_fn, pretrained, fine_tuned, *, method, 
     return records
 
 
-def _as_classifier(clip_params, head_fn):
+def as_classifier(clip_params, head_fn):
+    """The image tower with the zero-shot head of the text tower, as WiSE-FT evaluates a CLIP."""
     return {"img": clip_params["img"], "head": head_fn(clip_params)}
+
+
+def zero_shot_head_fn(config, clip_model, tokenizer, class_names):
+    """Jitted clip_params -> the zero-shot head of `class_names` in eval.templates."""
+    class_tokens = jnp.asarray(zero_shot.class_prompt_tokens(
+        tokenizer, class_names, templates_lib.get_templates(config.eval.templates)))
+    return jax.jit(lambda clip_params: zero_shot.zero_shot_head(clip_model, clip_params,
+                                                                class_tokens))
 
 
 def stage_workdir(workdir, name, seed, config):
@@ -235,10 +244,7 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     task = tasks.build(config.data, seed=config.seed)
     models, pretrained = initial_clip(config, build_models(
         config, tokenizer, num_classes=len(task.class_names)))
-    class_tokens = jnp.asarray(zero_shot.class_prompt_tokens(
-        tokenizer, task.class_names, templates_lib.get_templates(config.eval.templates)))
-    head_fn = jax.jit(lambda clip_params: zero_shot.zero_shot_head(models["clip"], clip_params,
-                                                                   class_tokens))
+    head_fn = zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
     evaluate = make_evaluator(config, mesh, task, models["classifier"])
     records = []
     for seed in range(config.seed, config.seed + config.num_seeds):
@@ -252,7 +258,7 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 outputs[name] = pretrained
                 continue
             if method_name in methods.CLASSIFIER_METHODS and "txt" in params:
-                params = _as_classifier(params, head_fn)
+                params = as_classifier(params, head_fn)
             elif method_name in methods.CONTRASTIVE_METHODS and params and "txt" not in params:
                 raise ValueError(f"Stage {name!r} ({method_name}) trains a CLIP, but its input "
                                  "is an image classifier; give it a CLIP stage as input.")
@@ -275,6 +281,6 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 records += wise_ft_sweep(config, evaluate, head_fn, pretrained, outputs[name],
                                          method=name, seed=seed)
         if seed == config.seed:
-            records += evaluate(_as_classifier(pretrained, head_fn), method=ZERO_SHOT,
+            records += evaluate(as_classifier(pretrained, head_fn), method=ZERO_SHOT,
                                 alpha=0.0, seed=seed)
     return records

@@ -69,11 +69,15 @@ class Method:
         return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
 
 
+def _clip_loss(zimg, ztxt, temperature):
+    loss, metrics = objectives.clip_contrastive(zimg, ztxt, temperature)
+    return loss, dict(metrics, temperature=temperature)
+
+
 def contrastive_loss(model, params, batch, rng):
     del rng  # No dropout or stochastic depth in these models.
     zimg, ztxt, out = model.apply({"params": params}, batch["image"], batch["tokens"])
-    loss, metrics = objectives.clip_contrastive(zimg, ztxt, out["temperature"])
-    return loss, dict(metrics, temperature=out["temperature"])
+    return _clip_loss(zimg, ztxt, out["temperature"])
 
 
 def text_features_contrastive_loss(model, params, batch, rng):
@@ -82,8 +86,7 @@ def text_features_contrastive_loss(model, params, batch, rng):
     del rng
     zimg, _, out = model.apply({"params": params}, batch["image"], None)
     ztxt = two_towers.l2_normalize(batch[captions.TEXT_FEATURES_KEY])
-    loss, metrics = objectives.clip_contrastive(zimg, ztxt, out["temperature"])
-    return loss, dict(metrics, temperature=out["temperature"])
+    return _clip_loss(zimg, ztxt, out["temperature"])
 
 
 def label_names(label_key: str, task) -> tuple[str, ...]:
