@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/gpu_step.py --batch 512 --remat full --scan
     PYTHONPATH=. python benchmarks/gpu_step.py --variant mu/8 --batch 8 --steps 2 --repeats 2
 
-The step is the project's own: `train.make_train_step` over `methods.contrastive_loss` (FLYP's
+The step is the project's own: `train.make_train_step` over `objectives.contrastive_loss` (FLYP's
 CLIP loss, both towers training), `two_towers.Model` built as `convert.from_hf_clip` builds an
 OpenAI CLIP (pre-LayerNorm image tower without patch bias, quick_gelu, eps 1e-5, text tower
 pooled at the largest token id, context 77, vocabulary 49408) and `optim.make_optimizer` AdamW,
@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from interleaved_timing import interleaved_medians
-from wlsft_jax import methods, optim, train
+from wlsft_jax import objectives, optim, train
 from wlsft_jax.models import two_towers, vit
 
 # Image tower name -> the text tower of the CLIP of that size (OpenAI / OpenCLIP): B/16 and
@@ -90,18 +90,18 @@ def random_batch(batch: int, image_size: int) -> dict:
 
 def compiled_step(model: two_towers.Model, batch: dict, mu_dtype: str | None):
     """(compiled jitted FLYP step, its initial state)."""
-    method = methods.Method(name="flyp", model=model,
-                            example_inputs=(batch["image"][:1], batch["tokens"][:1]),
-                            loss_fn=methods.contrastive_loss, train_source=None,
-                            train_operations=(), worker_count=0)
-    params = jax.jit(lambda rng: nn.unbox(model.init(rng, *method.example_inputs)["params"]))(
+    spec = train.TrainSpec(model=model,
+                           example_inputs=(batch["image"][:1], batch["tokens"][:1]),
+                           loss_fn=objectives.contrastive_loss, train_source=None,
+                           train_operations=(), worker_count=0)
+    params = jax.jit(lambda rng: nn.unbox(model.init(rng, *spec.example_inputs)["params"]))(
         jax.random.key(0))
     config = ml_collections.ConfigDict(dict(optimizer="adamw", lr=1e-5, wd=0.1, decay="constant",
                                             mu_dtype=mu_dtype))
     tx, _ = optim.make_optimizer(config, params, total_steps=1_000_000)
     state = dict(params=params, opt_state=jax.jit(tx.init)(params),
                  step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)))
-    step = train.make_train_step(method, tx, optim.frozen_mask(config, params), accum_steps=1)
+    step = train.make_train_step(spec, tx, optim.frozen_mask(config, params), accum_steps=1)
     return jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile(), state
 
 

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wlsft_jax import experiment, methods, optim, train
+from wlsft_jax import context, objectives, optim, train
 from wlsft_jax.data import imagenet_classes
 from wlsft_jax.models import vit
 
@@ -60,20 +60,20 @@ def nbytes(tree) -> int:
 def step_memory(config, per_chip_batch: int):
     """(static bytes, activation/temporary bytes) of one FLYP step at `per_chip_batch`."""
     stage = config.flyp
-    models = experiment.build_models(config, CLIP_BPE_SIZES,
+    models = context.build_models(config, CLIP_BPE_SIZES,
                                      num_classes=len(imagenet_classes.IMAGENET_CLASSES))
     size = config.data.image_size
     images = jax.ShapeDtypeStruct((per_chip_batch, size, size, 3), jnp.float32)
     tokens = jax.ShapeDtypeStruct((per_chip_batch, CLIP_BPE_SIZES.context_length), jnp.int32)
-    method = methods.Method(name="flyp", model=models["clip"], example_inputs=(images, tokens),
-                            loss_fn=methods.contrastive_loss, train_source=None,
-                            train_operations=(), worker_count=0)
-    params = nn.unbox(method.abstract_params())
+    spec = train.TrainSpec(model=models["clip"], example_inputs=(images, tokens),
+                           loss_fn=objectives.contrastive_loss, train_source=None,
+                           train_operations=(), worker_count=0)
+    params = nn.unbox(spec.abstract_params())
     tx, _ = optim.make_optimizer(stage.optim, params, total_steps=stage.steps)
     state = dict(params=params, opt_state=jax.eval_shape(tx.init, params),
                  step=jax.ShapeDtypeStruct((), jnp.int32),
                  rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
-    step = train.make_train_step(method, tx, optim.frozen_mask(stage.optim, params), 1)
+    step = train.make_train_step(spec, tx, optim.frozen_mask(stage.optim, params), 1)
     compiled = jax.jit(step, donate_argnums=(0,)).lower(
         state, {"image": images, "tokens": tokens}).compile()
     analysis = compiled.memory_analysis()

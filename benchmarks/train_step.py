@@ -6,7 +6,7 @@ The model of PERF_NOTES: image 32 px, patch 4 (65 tokens), width 128, 4 image + 
 4 heads, MLP 512, text context 16, joint dim 128, batch 128, AdamW. Both sides are the same CLIP
 (pre-LayerNorm in the image tower, no patch bias, quick_gelu, eps 1e-5, causal text tower pooled
 at the end-of-text token). Ours is the real training step: `train.make_train_step` over
-`methods.contrastive_loss`, `two_towers.Model` and `optim.make_optimizer` AdamW, jitted with the
+`objectives.contrastive_loss`, `two_towers.Model` and `optim.make_optimizer` AdamW, jitted with the
 state donated as `train.run` does. PyTorch runs forward, backward and `torch.optim.AdamW`.
 
 Repeats alternate between the contenders, including a 2048² fp32 `jnp.dot` that measures the
@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from interleaved_timing import interleaved_medians
-from wlsft_jax import methods, optim, train
+from wlsft_jax import objectives, optim, train
 from wlsft_jax.models import two_towers
 
 BATCH, IMAGE, PATCH, CONTEXT, VOCAB = 128, 32, 4, 16, 1000
@@ -70,16 +70,16 @@ def jax_step(dtype_mm: str):
         out_dim=WIDTH)
     images, tokens = batch_arrays()
     batch = {"image": jnp.asarray(images), "tokens": jnp.asarray(tokens)}
-    method = methods.Method(name="pretrain", model=model, example_inputs=(images, tokens),
-                            loss_fn=methods.contrastive_loss, train_source=None,
-                            train_operations=(), worker_count=0)
+    spec = train.TrainSpec(model=model, example_inputs=(images, tokens),
+                           loss_fn=objectives.contrastive_loss, train_source=None,
+                           train_operations=(), worker_count=0)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, tokens)["params"])
     config = ml_collections.ConfigDict(dict(optimizer="adamw", lr=LR, wd=WD, decay="constant"))
     tx, _ = optim.make_optimizer(config, params, total_steps=1_000_000)
     frozen = optim.frozen_mask(config, params)
     state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                  rng=jax.random.key_data(jax.random.key(0)))
-    step = jax.jit(train.make_train_step(method, tx, frozen, accum_steps=1), donate_argnums=(0,))
+    step = jax.jit(train.make_train_step(spec, tx, frozen, accum_steps=1), donate_argnums=(0,))
     compiled = step.lower(state, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -40,7 +40,8 @@ No paper number is quoted here for the real-data runs.
 """
 import ml_collections
 
-from wlsft_jax import methods, recipes
+from wlsft_jax import recipes
+from wlsft_jax.methods import wls
 
 ADAPTERS = {
     "token_replay": dict(name="token_replay", num_tokens=4),
@@ -52,7 +53,7 @@ DATA = ("world", "imagenet_20k", "cc_20k", "coco_10k")
 
 def wls_stage(adapter, **overrides):
     """The WLS stage: adapters and projection train, the encoders stay frozen."""
-    optim = dict(lr=1e-3, wd=0.0, warmup_steps=25, schedule=list(methods.WLS_SCHEDULE))
+    optim = dict(lr=1e-3, wd=0.0, warmup_steps=25, schedule=list(wls.SCHEDULE))
     optim.update(overrides.pop("optim", {}))
     return recipes.stage("wls", adapter=ADAPTERS[adapter], optim=optim, **overrides)
 

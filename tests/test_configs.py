@@ -11,7 +11,7 @@ from absl import flags
 from absl.testing import flagsaver
 from ml_collections import config_flags
 
-from wlsft_jax import experiment, recipes
+from wlsft_jax import checks, experiment, recipes
 from wlsft_jax.data import world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_every_config_passes_the_checks(path):
     config = load(path)
-    recipes.check_config(config)
+    checks.check_config(config)
     experiment.check_names(config)
 
 
@@ -48,7 +48,7 @@ def test_an_override_changes_the_value():
     assert config.ft.batch_size == 64
     assert config.data.id_domain == "sketch" and tuple(config.data.ood_domains) == ("photo",)
     assert load().ft.optim.lr == 1e-4
-    recipes.check_config(config)
+    checks.check_config(config)
     experiment.check_names(config)
 
 
@@ -66,7 +66,7 @@ def test_an_unknown_key_fails_naming_it_and_the_valid_keys(where):
     with section.unlocked():
         section.bogus_key = 1
     with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['bogus_key'\].*valid keys"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
@@ -74,19 +74,18 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
     with config.unlocked():
         config.ft.optim.lr_decay = 0.5
     with pytest.raises(ValueError, match=r"config\.ft\.optim: .*\['lr_decay'\].*valid keys.*'wd'"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("ft.method", "finetune", r"'finetune'; valid choices: \['pretrain', 'ft', 'lp', 'flyp', "
+    ("ft.method", "finetune", r"'finetune'; valid choices: \['flyp', 'ft', 'lp', 'pretrain', "
                               r"'supervised', 'wls'\]"),
     ("ft.optim.optimizer", "adam", r"'adam'; valid optimizers: \('adamw', 'sgd'\)"),
     ("ft.optim.decay", "step", r"'step'; valid decays: \('cosine'"),
     ("ft.optim.schedule", [(".*", {"lr_mul": 2.0})],
      r"unknown settings \['lr_mul'\]; valid settings: \('lr_mult', 'wd_mult'\)"),
     ("ft.optim.warmup_steps", 250, "warmup_steps < total_steps"),
-    ("ft.templates", "fancy",
-     r"'fancy'; valid choices: \['openai_imagenet', 'simple', 'few', 'iwildcam', 'fmow'\]"),
+    ("ft.templates", "simple", r"config\.ft\.templates applies to method 'flyp' only"),
     ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe', 'hf_json'\]"),
     ("data.source", "laion", r"'laion'; valid choices: \['world', 'real'\]"),
     ("init.format", "pytorch", r"'pytorch'; valid choices: \['scratch', 'orbax'"),
@@ -101,7 +100,14 @@ def test_an_unknown_name_fails_listing_the_valid_ones(key, value, message):
     with config.unlocked():
         section[leaf] = value
     with pytest.raises(ValueError, match=message):
-        recipes.check_config(config)
+        checks.check_config(config)
+
+
+def test_unknown_flyp_templates_fail_listing_the_valid_ones():
+    config = load(os.path.join(REPO, "configs", "flyp_clip.py"), "--config.flyp.templates=fancy")
+    with pytest.raises(ValueError, match=r"'fancy'; valid choices: \['openai_imagenet', "
+                                         r"'simple', 'few', 'iwildcam', 'fmow'\]"):
+        checks.check_config(config)
 
 
 @pytest.mark.parametrize("key, value", [
@@ -111,7 +117,7 @@ def test_an_unknown_name_fails_listing_the_valid_ones(key, value, message):
 def test_an_unknown_domain_fails_listing_the_valid_domains(key, value):
     value = value if isinstance(value, str) else repr(value)
     config = load(os.path.join(REPO, "configs", "ft_clip.py"), f"--config.{key}={value}")
-    recipes.check_config(config)
+    checks.check_config(config)
     with pytest.raises(ValueError, match=rf"\['mars'\] in {key}; valid domains.*"
                                          rf"{world.DOMAINS[0]!r}"):
         experiment.check_names(config)
@@ -120,20 +126,20 @@ def test_an_unknown_domain_fails_listing_the_valid_domains(key, value):
 def test_a_non_scratch_init_needs_a_path():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"), "--config.init.format=hf_clip")
     with pytest.raises(ValueError, match="init.format='hf_clip' needs init.path"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def test_the_first_stage_needs_weights_unless_it_pretrains():
     config = recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=100))
     with pytest.raises(ValueError, match="add a 'pretrain' stage first"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def test_a_stage_without_a_section_is_named():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"),
                   "--config.stages=('pretrain', 'ft', 'lp')")
     with pytest.raises(ValueError, match=r"\['lp'\] of config.stages have no section"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 @pytest.mark.parametrize("key, value", [
@@ -145,13 +151,13 @@ def test_stage_counts_must_be_positive_integers(key, value):
     with config.unlocked():
         config.ft[key] = value
     with pytest.raises(ValueError, match=rf"config\.ft\.{key} must be a positive integer"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def test_accum_steps_must_divide_the_batch_size():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"), "--config.ft.accum_steps=3")
     with pytest.raises(ValueError, match=r"batch_size=128 does not split into accum_steps=3"):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def run_main_in_process(argv, monkeypatch):

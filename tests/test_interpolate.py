@@ -27,6 +27,18 @@ def test_alpha_zero_and_one_are_exact():
     assert _bits(interpolate(theta0, theta1, 1.0)) == _bits(theta1)
 
 
+def test_leaves_equal_in_both_stay_bitwise_at_every_alpha():
+    """As a fine-tuned model's frozen leaves: (1 - a) * x + a * x is not always x in floats."""
+    values = jnp.asarray(np.random.default_rng(1).normal(size=1000), jnp.float32)
+    theta0, theta1 = {"frozen": values, "tuned": values}, {"frozen": values, "tuned": values + 1}
+    for alpha in (0.1, 0.3, 0.7):
+        mixed = interpolate(theta0, theta1, alpha)
+        assert _bits(mixed["frozen"]) == _bits(values), alpha
+        np.testing.assert_allclose(mixed["tuned"], values + alpha, rtol=1e-5, atol=1e-6)
+    plain = (1 - 0.3) * values + 0.3 * values  # What the mix would be without the rule.
+    assert _bits(plain) != _bits(values)
+
+
 def test_half_is_the_midpoint_and_dtypes_are_kept():
     theta0, theta1 = _trees()
     mixed = interpolate(theta0, theta1, 0.5)

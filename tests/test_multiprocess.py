@@ -20,8 +20,7 @@ import pytest
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
-from wlsft_jax import checkpoint, experiment, methods, optim, sharding
-from wlsft_jax.data import tasks, templates
+from wlsft_jax import checkpoint, context as context_lib, methods, optim, sharding
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "pretrain_clip.py")
@@ -102,12 +101,8 @@ def _config():
 def _restore(workdir, step, mesh):
     """The pretraining state saved at `step` in `workdir`, laid out on `mesh` (this process)."""
     config = _config()
-    tokenizer = experiment.build_tokenizer(config, epath.Path(workdir))
-    task = tasks.build(config.data, seed=config.seed)
-    models = experiment.build_models(config, tokenizer, num_classes=len(task.class_names))
-    method = methods.build("pretrain", stage_config=config.pretrain, config=config,
-                           tokenizer=tokenizer, models=models, task=task,
-                           templates=templates.SIMPLE_TEMPLATES)
+    context = context_lib.Context(config, workdir=epath.Path(workdir), mesh=mesh)
+    method = methods.get("pretrain").build(context, "pretrain", config.pretrain).spec
     params = nn.unbox(method.abstract_params())
     tx, _ = optim.make_optimizer(config.pretrain.optim, params, total_steps=STEPS)
     param_shardings = method.param_shardings(mesh)

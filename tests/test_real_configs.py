@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from wlsft_jax import experiment, methods, recipes, sharding
+from wlsft_jax import checks, context as context_lib, experiment, methods, recipes, sharding
 from wlsft_jax.data import imagenet_classes, pipeline, tasks, templates, transforms, wilds
 from wlsft_jax.evals import zero_shot
 from test_configs import REPO, load
@@ -92,9 +92,9 @@ def built(task_name, data_dir, hf_clip_dir):
     with mocked_tfds(data_dir, mock_records), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "ObjectNet at")  # The mocked copy holds 3 images.
         task = tasks.build(config.data, seed=config.seed)
-    tokenizer = experiment.build_tokenizer(config, epath.Path(hf_clip_dir))
-    models, clip_params = experiment.initial_clip(
-        config, experiment.build_models(config, tokenizer, num_classes=len(task.class_names)))
+    tokenizer = context_lib.build_tokenizer(config, epath.Path(hf_clip_dir))
+    models, clip_params = context_lib.initial_weights(config, tokenizer,
+                                                      num_classes=len(task.class_names))
     class_tokens = zero_shot.class_prompt_tokens(tokenizer, task.class_names,
                                                  templates.get_templates(config.eval.templates))
     head = jax.jit(lambda params: zero_shot.zero_shot_head(models["clip"], params, class_tokens))(
@@ -102,21 +102,26 @@ def built(task_name, data_dir, hf_clip_dir):
     return config, task, tokenizer, models, clip_params, {"img": clip_params["img"], "head": head}
 
 
+def built_context(config, *, task, models, tokenizer=None, mesh=None):
+    """An `experiment`'s shared parts of `config` with its task, models and tokenizer given."""
+    context = context_lib.Context(config, workdir=None, mesh=mesh)
+    context.task, context.models, context.tokenizer = task, models, tokenizer
+    return context
+
+
 @pytest.mark.parametrize("name,task_name", REAL_CONFIGS, ids=lambda x: x)
 def test_real_config_checks_and_trains_on_its_task(name, task_name, data_dir, hf_clip_dir):
     """check_config passes; each stage's method gives a train batch and a finite loss."""
     config = real_config(name, task_name, data_dir, hf_clip_dir)
-    recipes.check_config(config)
+    checks.check_config(config)
     experiment.check_names(config)
     _, task, tokenizer, models, clip_params, classifier_params = built(task_name, data_dir,
                                                                        hf_clip_dir)
     num_classes = len(task.class_names)
+    context = built_context(config, task=task, models=models, tokenizer=tokenizer)
     for stage in config.stages:
         stage_config = config[stage]
-        method = methods.build(stage_config.method, stage_config=stage_config, config=config,
-                               tokenizer=tokenizer, models=models, task=task,
-                               templates=templates.get_templates(
-                                   stage_config.get("templates", "simple")))
+        method = methods.get(stage_config.method).build(context, stage, stage_config).spec
         batch = next(iter(pipeline.train_loader(
             method.train_source, global_batch_size=BATCH, operations=method.train_operations,
             seed=0, shard_index=0, shard_count=1)))
@@ -139,10 +144,9 @@ def test_memory_levers_reach_a_hugging_face_clip(data_dir, hf_clip_dir):
     outputs = []
     for overrides in ((), levers):
         config = real_config("flyp_clip", "imagenet", data_dir, hf_clip_dir, *overrides)
-        recipes.check_config(config)
-        tokenizer = experiment.build_tokenizer(config, epath.Path(hf_clip_dir))
-        models, params = experiment.initial_clip(
-            config, experiment.build_models(config, tokenizer, num_classes=3))
+        checks.check_config(config)
+        tokenizer = context_lib.build_tokenizer(config, epath.Path(hf_clip_dir))
+        models, params = context_lib.initial_weights(config, tokenizer, num_classes=3)
         clip = models["clip"]
         assert (clip.image["scan"], clip.text["scan"]) == (bool(overrides),) * 2
         assert ("encoderblock" in params["img"]) == ("encoderblock" in params["txt"]) == bool(
@@ -236,16 +240,17 @@ def test_report_metrics_name_one_metric_for_id_and_one_for_ood():
         config.eval.report_metrics.test = "top1"
     with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['test'\] in "
                                          r"config.eval.report_metrics; valid keys: \['id', 'ood'\]"):
-        recipes.check_config(config)
+        checks.check_config(config)
     with config.unlocked():
         del config.eval.report_metrics["test"], config.eval.report_metrics["ood"]
     with pytest.raises(ValueError, match=r"report_metrics lacks \['ood'\]"):
-        recipes.check_config(config)
+        checks.check_config(config)
     config = load(os.path.join(REPO, "configs", "wls_dino.py"))
     with config.unlocked():
         config.eval.report_metrics = dict(id="top1", ood="top1")
-    with pytest.raises(ValueError, match="a WLS config reports k-NN top-1 at eval.knn_report_k"):
-        recipes.check_config(config)
+    with pytest.raises(ValueError, match="eval.report_metrics applies to the zero_shot "
+                                         "evaluator; this config's last stage is scored by 'knn'"):
+        checks.check_config(config)
 
 
 class LogitsAreImages:
@@ -284,8 +289,10 @@ def test_evaluator_wilds_metrics_are_those_of_the_gathered_predictions_without_p
     mesh = sharding.make_mesh(data=8)
     config = ml_collections.ConfigDict(dict(eval=dict(batch_size=8)))
     with jax.set_mesh(mesh):
-        values = {(r["dataset"], r["metric"]): r["value"] for r in experiment.make_evaluator(
-            config, mesh, task, LogitsAreImages())({}, method="m", alpha=0.0, seed=0)}
+        evaluator = zero_shot.Evaluator(built_context(
+            config, task=task, models={"classifier": LogitsAreImages()}, mesh=mesh))
+        values = {(r["dataset"], r["metric"]): r["value"]
+                  for r in evaluator.run({}, method="m", alpha=0.0, seed=0)}
     expected = {
         ("f1", "top1"): np.mean(unshifted == labels), ("f1", "top5"): 1.0,
         ("f1", "macro_f1"): wilds.macro_f1(labels, unshifted),
@@ -315,7 +322,8 @@ def test_wilds_tasks_record_and_report_their_official_metrics(task_name, id_metr
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
     eval_config = ml_collections.ConfigDict(dict(eval=dict(batch_size=BATCH)))
     with jax.set_mesh(mesh):
-        records = experiment.make_evaluator(eval_config, mesh, task, models["classifier"])(
+        records = zero_shot.Evaluator(built_context(eval_config, task=task, models=models,
+                                                    mesh=mesh)).run(
             classifier_params, method=experiment.ZERO_SHOT, alpha=0.0, seed=0)
     recorded = {(r["dataset"], r["metric"]) for r in records}
     for dataset in (config.data.id_domain, *config.data.ood_domains):

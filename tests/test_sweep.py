@@ -1,10 +1,9 @@
-"""launch/sweep.py: 2 checkpoints x 3 alphas x 2 datasets give 12 cells that match the main run's
+"""wlsft_jax.sweep and its command line launch/sweep.py: 2 checkpoints x 3 alphas x 2 datasets give 12 cells that match the main run's
 WiSE-FT sweep; a sweep killed half-way completes only its missing cells on rerun; a failing cell
 is reported while the others complete; bad input is an error naming the valid choices."""
-import dataclasses
-import importlib.util
 import json
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -16,13 +15,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from wlsft_jax import checkpoint, experiment, report, sharding
-from wlsft_jax.data import tasks, tokenizer as tokenizer_lib, world
+from wlsft_jax import checkpoint, context as context_lib, experiment, report, sharding, sweep
+from wlsft_jax.data import tokenizer as tokenizer_lib, world
+from wlsft_jax.evals import zero_shot
 from test_configs import REPO, load
-
-_SPEC = importlib.util.spec_from_file_location("sweep", os.path.join(REPO, "launch", "sweep.py"))
-sweep = sys.modules["sweep"] = importlib.util.module_from_spec(_SPEC)  # A script, not a package.
-_SPEC.loader.exec_module(sweep)
 
 CONFIG = os.path.join(REPO, "configs", "flyp_clip.py")
 TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_domain=16",
@@ -42,7 +38,7 @@ def runs(tmp_path_factory):
     config = load(CONFIG, *TINY)
     tokenizer = tokenizer_lib.world_tokenizer(world.VOCABULARY,
                                               context_length=config.tokenizer.context_length)
-    models = experiment.build_models(config, tokenizer, num_classes=len(world.CLASSES))
+    models = context_lib.build_models(config, tokenizer, num_classes=len(world.CLASSES))
     images = jnp.zeros((1, 16, 16, 3), jnp.float32)
     tokens = jnp.zeros((1, tokenizer.context_length), jnp.int32)
     pretrained = nn.unbox(models["clip"].init(jax.random.key(0), images, tokens)["params"])
@@ -109,22 +105,19 @@ def test_a_finished_sweep_reruns_without_evaluating(runs, clean_sweep):
 def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
     config = load(CONFIG, *TINY, f"--config.eval.alphas={ALPHAS}", "--config.init.format=orbax",
                   f"--config.init.path={runs / 'pretrain'}")
-    tokenizer = experiment.build_tokenizer(config, tmp_path)
-    task = tasks.build(config.data, seed=config.seed)
-    task = dataclasses.replace(task, eval_sets=task.eval_sets[:2])  # photo, sketch
-    models, pretrained = experiment.initial_clip(config, experiment.build_models(
-        config, tokenizer, num_classes=len(task.class_names)))
-    head_fn = experiment.zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
     mesh = sharding.make_mesh(**config.mesh)
-    evaluate = experiment.make_evaluator(config, mesh, task, models["classifier"])
-    targets = sweep._restore_targets(config, models, tokenizer, mesh)
+    context = context_lib.Context(config, workdir=tmp_path, mesh=mesh)
+    evaluator = zero_shot.Evaluator(context, eval_sets=context.task.eval_sets[:2])  # photo, sketch
+    targets = sweep._restore_targets(config, context.models, context.tokenizer, mesh)
     records = []
     with jax.set_mesh(mesh):
-        pretrained = jax.device_put(pretrained, sweep._shardings(targets["clip"]))
-        for name in ("flyp", "ft"):
+        pretrained = jax.device_put(context.initial_params, sweep._shardings(targets["clip"]))
+        # As the main run starts (and mixes) FLYP from the CLIP, FT from its zero-shot classifier.
+        for name, theta0 in (("flyp", pretrained),
+                             ("ft", zero_shot.as_classifier(pretrained, context.head_fn))):
             fine_tuned = sweep.load_checkpoint(str(runs / name), config, targets)
-            records += experiment.wise_ft_sweep(config, evaluate, head_fn, pretrained,
-                                                fine_tuned, method=name, seed=config.seed)
+            records += experiment.wise_ft_records(config, evaluator, theta0, fine_tuned,
+                                                  method=name, seed=config.seed)
     assert values_of(records) == values_of(clean_sweep[1])
 
 
@@ -204,13 +197,13 @@ def test_alpha_zero_is_evaluated_once_per_dataset(runs, clean_sweep, tmp_path, m
     """Alpha 0 is the pretrained model for every checkpoint: 2 datasets x (1 + 2 checkpoints x
     2 other alphas) evaluations for the 12 cells, with the clean sweep's values."""
     calls = []
-    make_evaluator = experiment.make_evaluator
+    run = zero_shot.Evaluator.run
 
-    def counting_evaluator(*args, **kwargs):
-        evaluate = make_evaluator(*args, **kwargs)
-        return lambda *a, **k: calls.append(k["alpha"]) or evaluate(*a, **k)
+    def counting_run(self, *args, **kwargs):
+        calls.append(kwargs["alpha"])
+        return run(self, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "make_evaluator", counting_evaluator)
+    monkeypatch.setattr(zero_shot.Evaluator, "run", counting_run)
     outcome = run_sweep(runs, tmp_path / "out")
     assert len(outcome.evaluated) == 12
     assert sorted(calls) == sorted([0.0] * 2 + [a for a in ALPHAS if a] * 4)
@@ -270,21 +263,14 @@ def test_method_names_are_the_trailing_path_parts_that_differ(runs):
 
 
 if __name__ == "__main__":  # The sweep's command line, each cell slowed by argv[1] seconds.
-    from absl import app
-
     delay, argv = float(sys.argv[1]), sys.argv[2:]
-    make_evaluator = experiment.make_evaluator
+    run = zero_shot.Evaluator.run
 
-    def slow_evaluator(*args, **kwargs):
-        evaluate = make_evaluator(*args, **kwargs)
+    def slow_run(*args, **kwargs):
+        time.sleep(delay)
+        return run(*args, **kwargs)
 
-        def slow_evaluate(*args, **kwargs):
-            time.sleep(delay)
-            return evaluate(*args, **kwargs)
-
-        return slow_evaluate
-
-    experiment.make_evaluator = slow_evaluator
-    sys.argv = [sys.argv[0], *argv]  # The config flag reads its overrides from here.
-    sweep.define_flags()
-    app.run(sweep.main)
+    zero_shot.Evaluator.run = slow_run
+    command_line = os.path.join(REPO, "launch", "sweep.py")
+    sys.argv = [command_line, *argv]  # The config flag reads its overrides from here.
+    runpy.run_path(command_line, run_name="__main__")

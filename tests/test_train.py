@@ -23,8 +23,9 @@ import pytest
 from clu import metric_writers
 from etils import epath
 
-from wlsft_jax import experiment, methods, optim, recipes, sharding, train
-from wlsft_jax.data import tasks, templates, tokenizer as tokenizer_lib, world
+from wlsft_jax import (context as context_lib, methods, objectives, optim, recipes, sharding,
+                       train)
+from wlsft_jax.data import tokenizer as tokenizer_lib, world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_IMAGE = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8)
@@ -109,16 +110,14 @@ def train_run(config, workdir, *, mesh=None, writer=None, loss_fn=None):
     writer = writer or RecordingWriter()
     (name,) = config.stages
     stage_config = config[name]
-    task = tasks.build(config.data, seed=config.seed)
-    models = experiment.build_models(config, _tokenizer(), num_classes=len(task.class_names))
-    method = methods.build(stage_config.method, stage_config=stage_config, config=config,
-                           tokenizer=_tokenizer(), models=models, task=task,
-                           templates=templates.SIMPLE_TEMPLATES)
+    context = context_lib.Context(config, workdir=epath.Path(workdir), mesh=mesh)
+    context.tokenizer = _tokenizer()
+    spec = methods.get(stage_config.method).build(context, name, stage_config).spec
     if loss_fn is not None:
-        method = dataclasses.replace(method, loss_fn=loss_fn)
-    init_params = _initial_params(method, config.seed)
+        spec = dataclasses.replace(spec, loss_fn=loss_fn)
+    init_params = _initial_params(spec, config.seed)
     with jax.set_mesh(mesh):
-        params = train.run(name=name, stage_config=stage_config, method=method,
+        params = train.run(name=name, stage_config=stage_config, spec=spec,
                            init_params=init_params, mesh=mesh, workdir=epath.Path(workdir),
                            seed=config.seed, writer=writer)
     return init_params, jax.device_get(params), writer
@@ -127,12 +126,12 @@ def train_run(config, workdir, *, mesh=None, writer=None, loss_fn=None):
 _INITIAL_PARAMS = {}
 
 
-def _initial_params(method, seed):
-    """Fresh params of the method's model (host arrays), initialised once per model and seed."""
-    key = (type(method.model).__module__, seed)
+def _initial_params(spec, seed):
+    """Fresh params of the spec's model (host arrays), initialised once per model and seed."""
+    key = (type(spec.model).__module__, seed)
     if key not in _INITIAL_PARAMS:
         one_device = sharding.make_mesh(data=1, devices=jax.devices()[:1])
-        _INITIAL_PARAMS[key] = jax.device_get(method.init_params(one_device, seed))
+        _INITIAL_PARAMS[key] = jax.device_get(spec.init_params(one_device, seed))
     return _INITIAL_PARAMS[key]
 
 
@@ -222,7 +221,7 @@ def _nan_at_step(step, seed):
     bad_rng = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), step - 1))
 
     def loss_fn(model, params, batch, rng):
-        loss, metrics = methods.classification_loss(model, params, batch, rng)
+        loss, metrics = objectives.classification_loss(model, params, batch, rng)
         is_bad = jnp.all(jax.random.key_data(rng) == bad_rng)
         return jnp.where(is_bad, jnp.nan, loss), metrics
 

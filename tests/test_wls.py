@@ -2,7 +2,6 @@
 train (the encoders stay bitwise frozen, without optimizer state), on caption features computed
 once; the k-NN sweep over adapter alphas starts exactly at the pretrained encoder; the WLS config
 and its checks; a tiny embedded run and the three founding experiments on mocks through main."""
-import dataclasses
 import os
 import re
 import subprocess
@@ -10,6 +9,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from etils import epath
@@ -18,10 +18,11 @@ import test_captions
 import test_multiprocess
 import test_real_configs
 import test_sources
-from wlsft_jax import (convert, experiment, methods, optim, recipes, report, sharding, train,
-                       wls_experiment)
-from wlsft_jax.data import captions, pipeline, tasks, templates, transforms, world
-from wlsft_jax.evals import knn
+from wlsft_jax import (checks, context as context_lib, convert, experiment, objectives, optim,
+                       recipes, report, sharding, train)
+from wlsft_jax.data import captions, pipeline, tasks, transforms, world
+from wlsft_jax.evals import features as features_lib, knn
+from wlsft_jax.methods import wls as wls_method
 from wlsft_jax.models import adapters, bert, vit, wls
 from test_configs import REPO, load, run_main_in_process
 from test_train import RecordingWriter, _tokenizer, flat, saved_state
@@ -31,36 +32,47 @@ TINY_TEXT = dict(variant=None, width=24, depth=1, mlp_dim=48, num_heads=2)
 TRAINED = re.compile(r"img/.*/(film|replay|lora)/.*|img/proj/.*")
 
 
-def wls_run(adapter, workdir, schedule=methods.WLS_SCHEDULE):
-    """6 WLS steps of batch 16 on world captions; returns (initial params, trained, writer).
-    A frozen text encoder's caption features are computed once (as wls_experiment.run does)."""
-    tokenizer = _tokenizer()
-    config = recipes.base(stages=("wls",), wls=recipes.stage(
-        "wls", steps=6, batch_size=16, log_every=1, checkpoint_every=6,
-        optim=dict(lr=1e-2, warmup_steps=1, schedule=list(schedule))))
+def tiny_wls_config(stages=("wls",), **stage_configs):
+    """A vision-only config of `stages` on 16-px world images with a one-block-ish ViT."""
+    config = recipes.base(stages=stages, **stage_configs)
     config.data = recipes.world_data(image_size=16, train_examples_per_domain=64,
                                      worker_count=0)
-    model = wls.Model(image=dict(TINY_IMAGE, image_size=16, adapter=adapter),
-                      text=dict(TINY_TEXT, vocab_size=tokenizer.vocab_size,
-                                context_length=tokenizer.context_length,
-                                pad_id=tokenizer.pad_id))
-    build = lambda task: methods.build(  # noqa: E731
-        "wls", stage_config=config.wls, config=config, tokenizer=tokenizer,
-        models={"wls": model}, task=task, templates=templates.SIMPLE_TEMPLATES)
-    task = tasks.build(config.data, seed=0)
-    method = build(task)
-    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
-    init_params = jax.device_get(method.init_params(mesh, 0))
-    writer = RecordingWriter()
-    text_frozen = all(jax.tree.leaves(optim.frozen_mask(config.wls.optim, init_params)["txt"]))
+    config.model = ml_collections.ConfigDict(dict(img=TINY_IMAGE, dtype="float32"))
+    return config
+
+
+def tiny_wls_stage(config, mesh, workdir=None):
+    """(the built `wls` stage of `config` with a tiny random BERT, the pretrained params that
+    enter it: {"img": a random ViT}), through the method's own builder."""
+    tokenizer = _tokenizer()
+    context = context_lib.Context(config, workdir=workdir, mesh=mesh)
+    context.tokenizer = tokenizer
+    text = dict(TINY_TEXT, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                context_length=tokenizer.context_length)
+    text_params = nn.unbox(bert.Model(**text).init(
+        jax.random.key(2), np.ones((1, tokenizer.context_length), np.int32))["params"])
+    images = np.zeros((1, config.data.image_size, config.data.image_size, 3), np.float32)
+    vision_params = nn.unbox(vit.Model(**context.models["classifier"].img).init(
+        jax.random.key(1), images)["params"])
     with jax.set_mesh(mesh):
-        if text_frozen:
-            text_features = wls_experiment.caption_features(
-                model.towers()[1], init_params["txt"], task.caption_source, tokenizer=tokenizer,
-                batch_size=16, mesh=mesh, worker_count=0)
-            method = build(dataclasses.replace(task, caption_source=captions.WithTextFeatures(
-                task.caption_source, text_features)))
-        params = train.run(name="wls", stage_config=config.wls, method=method,
+        stage = wls_method.build_with_text_encoder(context, "wls", config.wls, text=text,
+                                                   text_params=text_params)
+    return context, stage, {"img": vision_params}
+
+
+def wls_run(adapter, workdir, schedule=wls_method.SCHEDULE):
+    """6 WLS steps of batch 16 on world captions; returns (initial params, trained, writer).
+    A frozen text encoder's caption features are computed once, when the stage is built."""
+    config = tiny_wls_config(wls=recipes.stage(
+        "wls", steps=6, batch_size=16, log_every=1, checkpoint_every=6, adapter=adapter,
+        optim=dict(lr=1e-2, warmup_steps=1, schedule=list(schedule))))
+    config.eval.batch_size = 16
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+    _, stage, pretrained = tiny_wls_stage(config, mesh)
+    init_params = stage.start(pretrained, 0)
+    writer = RecordingWriter()
+    with jax.set_mesh(mesh):
+        params = train.run(name="wls", stage_config=config.wls, spec=stage.spec,
                            init_params=init_params, mesh=mesh, workdir=epath.Path(workdir),
                            seed=0, writer=writer)
     return init_params, jax.device_get(params), writer
@@ -105,7 +117,7 @@ REAL_PATHS = ("--config.init.path=/dino", "--config.data.captions_path=/captions
 def test_every_wls_config_passes_the_checks(adapter, data):
     config = load(f"{WLS_CONFIG}:adapter={adapter},data={data}",
                   *(() if data == "world" else REAL_PATHS))
-    recipes.check_config(config)
+    checks.check_config(config)
     experiment.check_names(config)
     assert config.wls.adapter.name == adapter
     assert experiment.report_metric(config) == "knn20_top1"
@@ -147,44 +159,30 @@ def test_a_bad_wls_setting_fails_naming_it(key, value, message):
     if key == "init.format":
         config.init.path = "/clip"
     with pytest.raises(ValueError, match=message):
-        recipes.check_config(config)
+        checks.check_config(config)
 
 
 def test_wls_keys_in_a_config_without_wls_are_errors():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"))
     with config.unlocked():
         config.eval.knn_ks = (10,)
-    with pytest.raises(ValueError, match=r"\['knn_ks'\] apply to weak language supervision"):
-        recipes.check_config(config)
+    with pytest.raises(ValueError, match=r"\['eval\.knn_ks'\] apply to method 'wls' only"):
+        checks.check_config(config)
 
 
 def sweep_setup(adapter):
-    """A WLS method on 16-px world images with a tiny 'pretrained' ViT and BERT."""
-    tokenizer = _tokenizer()
-    config = recipes.wls_base(stages=("standin", "wls"), standin=recipes.stage(
-        "supervised", steps=1, label_key="domain"), wls=recipes.stage(
+    """A built WLS stage on 16-px world images with a tiny 'pretrained' ViT and BERT: (config,
+    context, stage, the pretrained ViT's params, the stage's initial params)."""
+    config = tiny_wls_config(wls=recipes.stage(
         "wls", steps=1, batch_size=8, adapter=adapter,
-        optim=dict(schedule=list(methods.WLS_SCHEDULE), warmup_steps=0)))
-    config.data.update(image_size=16, train_examples_per_domain=48, eval_examples_per_domain=16,
-                       ood_domains=("sketch",), worker_count=0)
-    config.eval.update(knn_ks=(1, 10), knn_report_k=10, alphas=(0.0, 1.0))
-    task = tasks.build(config.data, seed=0)
-    image = dict(TINY_IMAGE, image_size=16)
-    text = dict(TINY_TEXT, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                context_length=tokenizer.context_length)
-    images = np.zeros((1, 16, 16, 3), np.float32)
-    vision_params = nn.unbox(vit.Model(**image).init(jax.random.key(1), images)["params"])
-    text_params = nn.unbox(bert.Model(**text).init(
-        jax.random.key(2), np.ones((1, tokenizer.context_length), np.int32))["params"])
-    model = wls.Model(image=dict(image, adapter=adapter), text=text)
-    method = methods.build("wls", stage_config=config.wls, config=config, tokenizer=tokenizer,
-                           models={"wls": model}, task=task, templates=())
-    replay_images = np.stack([task.train_eval_set.operations[0].map(task.train_source[i])["image"]
-                              for i in range(8)])
-    params = wls_experiment.initial_params(method, vision_params=vision_params,
-                                           text_params=text_params,
-                                           replay_images=replay_images, seed=0)
-    return config, task, model, image, vision_params, params
+        optim=dict(schedule=list(wls_method.SCHEDULE), warmup_steps=0)))
+    config.eval.update(dict(knn_ks=(1, 10), knn_report_k=10, representation="cls",
+                            alphas=(0.0, 1.0)))
+    config.data.update(train_examples_per_domain=48, eval_examples_per_domain=16,
+                       ood_domains=("sketch",))
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+    context, stage, pretrained = tiny_wls_stage(config, mesh)
+    return config, context, stage, pretrained["img"], stage.start(pretrained, 0)
 
 
 @pytest.mark.parametrize("adapter", [
@@ -192,22 +190,23 @@ def sweep_setup(adapter):
     pytest.param(dict(name="film"), marks=pytest.mark.slow),
     pytest.param(dict(name="lora", rank=2), marks=pytest.mark.slow)], ids=lambda a: a["name"])
 def test_alpha_zero_knn_is_the_pretrained_encoders(adapter):
-    config, task, model, image, vision_params, params = sweep_setup(adapter)
-    frozen = optim.frozen_mask(config.wls.optim, params)["img"]
+    config, context, stage, vision_params, params = sweep_setup(adapter)
+    task = context.task
+    frozen = optim.frozen_mask(config.wls.optim, params)
     noise = iter(range(1, 1000))
     trained = jax.tree.map(  # Stands in for training: every trained leaf moves.
         lambda is_frozen, p: p if is_frozen else p + 0.5 * jax.random.normal(
-            jax.random.key(next(noise)), p.shape), frozen, params["img"])
-    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh):
-        records = wls_experiment.knn_sweep(
-            config, task=task, mesh=mesh, image_tower=model.towers()[0], theta0=params["img"],
-            theta1=trained, frozen=frozen, method="wls", seed=0)
+            jax.random.key(next(noise)), p.shape), frozen, params)
+    with jax.set_mesh(context.mesh):
+        records = experiment.wise_ft_records(
+            config, knn.Evaluator(context, stage.spec.model), params, trained, method="wls",
+            seed=0)
 
     def pretrained_features(eval_set):
         batch = next(iter(pipeline.eval_batches(eval_set.source, batch_size=1000,
                                                 operations=eval_set.operations)))
-        _, out = vit.Model(**image).apply({"params": vision_params}, batch["image"])
+        _, out = vit.Model(**context.models["classifier"].img).apply(
+            {"params": vision_params}, batch["image"])
         return np.asarray(out["encoded"][:, 0])[batch["mask"]], batch["label"][batch["mask"]]
 
     bank = pretrained_features(task.train_eval_set)
@@ -228,8 +227,8 @@ def test_caption_features_computed_once_give_the_loss_and_gradients_of_the_text_
     """WLS trains on its frozen text encoder's caption features, computed once in record order
     (padded eval batches, here 3 by 3): the loss and its gradients are those of running the text
     tower at every step."""
-    config, task, model, _, _, params = sweep_setup(dict(name="film"))
-    tokenizer = _tokenizer()
+    _, context, stage, _, params = sweep_setup(dict(name="film"))
+    task, model, tokenizer = context.task, stage.spec.model, _tokenizer()
     records = [task.caption_source[i] for i in range(8)]
     operations = [*task.caption_operations, transforms.Tokenize(tokenizer),
                   transforms.SelectKeys(("image", "tokens"))]
@@ -238,7 +237,7 @@ def test_caption_features_computed_once_give_the_loss_and_gradients_of_the_text_
     text_tower = model.towers()[1]
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
     with jax.set_mesh(mesh):
-        text_features = wls_experiment.caption_features(
+        text_features = wls_method.caption_features(
             text_tower, params["txt"], records, tokenizer=tokenizer, batch_size=3, mesh=mesh,
             worker_count=0)
     tokens = np.stack([tokenizer.encode([record["caption"]])[0] for record in records])
@@ -250,9 +249,9 @@ def test_caption_features_computed_once_give_the_loss_and_gradients_of_the_text_
                   text_features=text_features[[rows[tuple(row)] for row in batch["tokens"]]])
     loss_and_grads = lambda loss_fn, batch: jax.value_and_grad(
         lambda p: loss_fn(model, p, batch, None), has_aux=True)(params)
-    (loss, metrics), grads = loss_and_grads(methods.contrastive_loss, batch)
+    (loss, metrics), grads = loss_and_grads(objectives.contrastive_loss, batch)
     (cached_loss, cached_metrics), cached_grads = loss_and_grads(
-        methods.text_features_contrastive_loss, cached)
+        wls_method.text_features_contrastive_loss, cached)
     np.testing.assert_allclose(cached_loss, loss, rtol=1e-6)
     assert cached_metrics.keys() == metrics.keys()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max()),
@@ -317,13 +316,14 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from wlsft_jax import sharding, wls_experiment
+from wlsft_jax import sharding
 from wlsft_jax.data import pipeline, transforms
+from wlsft_jax.evals import features
 mesh = sharding.make_mesh(data=2, fsdp=2)
 records = [dict(x=np.float32([i, -i]), label=np.int32(i)) for i in range(13)]
 keep = transforms.SelectKeys(("x", "label", pipeline.MASK_KEY))
 with jax.set_mesh(mesh):
-    out = wls_experiment.features(jax.jit(lambda params, x: params * x), 2.0, records,
+    out = features.features(jax.jit(lambda params, x: params * x), 2.0, records,
                                   operations=[keep], input_key="x", batch_size=4, mesh=mesh,
                                   worker_count=0)
     value = np.arange(16.0).reshape(4, 4)
@@ -358,9 +358,9 @@ def test_knn_on_a_subset_of_the_classes_scores_the_transformed_votes():
     eval_set = tasks.EvalSet(
         name="subset", kind=tasks.OOD, source=None, operations=(), num_classes=2,
         logits_transform=lambda votes: votes[..., [1, 3]])
-    accuracy = wls_experiment.knn_accuracy(bank, np.array([0, 1, 2, 3, 3]), queries,
-                                           np.array([0, 1, 1]), eval_set=eval_set, ks=(1,),
-                                           num_classes=4)
+    accuracy = knn.eval_set_accuracy(bank, np.array([0, 1, 2, 3, 3]), queries,
+                                     np.array([0, 1, 1]), eval_set=eval_set, ks=(1,),
+                                     num_classes=4)
     assert accuracy == {1: {"top1": 2 / 3, "top5": 2 / 3}}  # A class without votes never hits.
 
 
@@ -466,10 +466,10 @@ def test_founding_experiment_runs_through_main_on_mocks(adapter, data, dino_dir,
     mesh = sharding.make_mesh()
     read = dict(batch_size=8, mesh=mesh, worker_count=0)
     with jax.set_mesh(mesh), test_sources.mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
-        bank = wls_experiment.labelled_features(features_fn, params, task.train_eval_set, **read)
+        bank = features_lib.labelled_features(features_fn, params, task.train_eval_set, **read)
         for eval_set in task.eval_sets:
-            expected = wls_experiment.knn_accuracy(
-                *bank, *wls_experiment.labelled_features(features_fn, params, eval_set, **read),
+            expected = knn.eval_set_accuracy(
+                *bank, *features_lib.labelled_features(features_fn, params, eval_set, **read),
                 eval_set=eval_set, ks=(1, 3), num_classes=len(task.class_names))
             for k, values in expected.items():
                 for name, value in values.items():

@@ -8,7 +8,9 @@ from wlsft_jax.optim import param_path
 def interpolate(theta0, theta1, alpha):
     """Returns `(1 - alpha) * theta0 + alpha * theta1` leaf by leaf.
 
-    alpha = 0 gives `theta0` and alpha = 1 gives `theta1` exactly. `alpha` may be a traced
+    alpha = 0 gives `theta0` and alpha = 1 gives `theta1` exactly, and so does every alpha where
+    the two are equal (e.g. the frozen leaves of a fine-tuned model, which training leaves
+    bitwise the pretrained ones: LP's encoder, WLS's encoders). `alpha` may be a traced
     scalar, so one jitted function serves a whole sweep. Each leaf keeps its dtype (the mix is
     computed in at least float32). Only floating-point leaves can be mixed: an integer or bool
     leaf (e.g. a step counter) has no meaningful midpoint and is an error, as is any difference
@@ -27,7 +29,7 @@ def interpolate(theta0, theta1, alpha):
         compute_dtype = jnp.promote_types(dtype, jnp.float32)
         mixed = (1 - alpha) * jnp.asarray(leaf0, compute_dtype) + alpha * jnp.asarray(
             leaf1, compute_dtype)
-        return mixed.astype(dtype)
+        return jnp.where(leaf0 == leaf1, leaf0, mixed.astype(dtype))
 
     return jax.tree.map(mix, theta0, theta1)
 

@@ -46,10 +46,10 @@ def main(argv):
     from clu import metric_writers
     from etils import epath
 
-    from wlsft_jax import experiment, recipes, sharding
+    from wlsft_jax import checks, experiment, sharding
 
     config = _CONFIG.value
-    recipes.check_config(config)
+    checks.check_config(config)
     experiment.check_names(config)
     mesh = sharding.mesh_from_config(config)
     # Every training micro-batch and every evaluation batch (k-NN's feature bank too) is split

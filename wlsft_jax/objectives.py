@@ -1,4 +1,5 @@
-"""Training losses: softmax cross-entropy (FT, LP) and the CLIP contrastive loss (FLYP, WLS).
+"""Training losses: softmax cross-entropy (FT, LP) and the CLIP contrastive loss (FLYP, WLS),
+and the methods' losses of a model on a batch built on them.
 
 Both are plain `jnp` functions of whole-batch arrays, so under `jax.jit` with a batch axis
 sharded over devices GSPMD inserts the collectives (e.g. gathering the other towers' embeddings
@@ -72,3 +73,24 @@ def _valid_rows(mask, batch_size):
 def _masked_mean(values, valid):
     """Mean of `values` over valid rows (0 when none is valid)."""
     return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def clip_loss(zimg, ztxt, temperature):
+    """The CLIP contrastive loss and its metrics, the temperature included."""
+    loss, metrics = clip_contrastive(zimg, ztxt, temperature)
+    return loss, dict(metrics, temperature=temperature)
+
+
+def contrastive_loss(model, params, batch, rng):
+    """The CLIP loss of a two-tower `model` on a batch of images and tokens."""
+    del rng  # No dropout or stochastic depth in these models.
+    zimg, ztxt, out = model.apply({"params": params}, batch["image"], batch["tokens"])
+    return clip_loss(zimg, ztxt, out["temperature"])
+
+
+def classification_loss(model, params, batch, rng, label_key="label"):
+    """Cross-entropy of an image classifier `model` on the batch's `label_key`."""
+    del rng
+    logits, _ = model.apply({"params": params}, batch["image"])
+    loss, correct = softmax_xent(logits, batch[label_key])
+    return loss, {"accuracy": jnp.mean(correct)}

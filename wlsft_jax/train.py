@@ -1,13 +1,17 @@
-"""The one training loop: every method (pretrain, FT, LP, LP-FT's stages, FLYP) runs through it.
+"""The one training loop: every method (`wlsft_jax.methods`) runs through it.
 
 Flat on purpose, in the manner of big_vision's trainer: read it top to bottom. A method only
-supplies its model, its loss and its input operations (`wlsft_jax.methods`); what to train and
-how is the stage's optimizer config (`wlsft_jax.optim`, regex schedule with `None` = frozen).
+supplies a `TrainSpec` (model, loss, input operations); what to train and how is the stage's
+optimizer config (`wlsft_jax.optim`, regex schedule with `None` = frozen).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +22,32 @@ from clu import periodic_actions
 from wlsft_jax import checkpoint, optim, sharding
 from wlsft_jax.data import pipeline
 from wlsft_jax.models import overview
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """What the training loop needs from a method: its model, loss and data."""
+    model: nn.Module
+    example_inputs: tuple  # Arguments after the rng for `model.init` (shapes only matter).
+    loss_fn: Callable  # (model, params, batch, rng) -> (loss, metrics)
+    train_source: Any  # A grain RandomAccessDataSource.
+    train_operations: Sequence  # Per-example grain transforms, batching is the loader's.
+    worker_count: int
+
+    def loss(self, params, batch, rng):
+        return self.loss_fn(self.model, params, batch, rng)
+
+    def abstract_params(self):
+        """`jax.eval_shape` of the init, boxed with logical axis names."""
+        return jax.eval_shape(self.model.init, jax.random.key(0), *self.example_inputs)["params"]
+
+    def param_shardings(self, mesh):
+        return sharding.logical_shardings(mesh, self.abstract_params())
+
+    def init_params(self, mesh, seed):
+        """Fresh params, created directly sharded on `mesh` (for training from scratch)."""
+        init = lambda rng: nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+        return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,7 +80,7 @@ def _accumulated_grads(loss_fn, params, batch, accum_steps):
     return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def make_train_step(method, tx, frozen_mask, accum_steps):
+def make_train_step(spec, tx, frozen_mask, accum_steps):
     """(state, batch) -> (state, metrics).
 
     Frozen leaves get no gradient (`stop_gradient`, so XLA drops their backward pass) and are
@@ -64,7 +94,7 @@ def make_train_step(method, tx, frozen_mask, accum_steps):
         def loss_fn(params, micro_batch):
             params = jax.tree.map(lambda frozen, p: jax.lax.stop_gradient(p) if frozen else p,
                                   frozen_mask, params)
-            return method.loss(params, micro_batch, step_rng)
+            return spec.loss(params, micro_batch, step_rng)
 
         (loss, metrics), grads = _accumulated_grads(loss_fn, params, batch, accum_steps)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -77,7 +107,7 @@ def make_train_step(method, tx, frozen_mask, accum_steps):
     return train_step
 
 
-def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer):
+def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
 
     Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter.
@@ -95,7 +125,7 @@ def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer)
         overview.log_param_counts(init_params, name=name)
     tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
     frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
-    param_shardings = method.param_shardings(mesh)
+    param_shardings = spec.param_shardings(mesh)
     # A copy: the step donates its state, and the caller may still need `init_params`.
     params = jax.device_put(init_params, param_shardings, may_alias=False)
     opt_state_shardings = sharding.opt_state_shardings(tx, params, param_shardings)
@@ -129,15 +159,15 @@ def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer)
 
     # --- Data --------------------------------------------------------------------------------
     data_iter = iter(pipeline.train_loader(
-        method.train_source, global_batch_size=batch_size, operations=method.train_operations,
-        seed=seed, worker_count=method.worker_count))
+        spec.train_source, global_batch_size=batch_size, operations=spec.train_operations,
+        seed=seed, worker_count=spec.worker_count))
     if start:
         state = manager.restore(start, target, data_iter)
         logging.info("[%s] resumed from step %d in %s", name, start, workdir)
     first_step = start
 
     train_step = jax.jit(
-        make_train_step(method, tx, frozen_mask, accum_steps),
+        make_train_step(spec, tx, frozen_mask, accum_steps),
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,))

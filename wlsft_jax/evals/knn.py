@@ -1,4 +1,5 @@
-"""Weighted k-nearest-neighbour classification of frozen features (DINO's k-NN protocol).
+"""Evaluator "knn": weighted k-nearest-neighbour classification of frozen features (DINO's k-NN
+protocol), the ID training images the bank, every eval set the queries.
 
 The protocol of facebookresearch/dino `eval_knn.py`: features are L2-normalised, similarity is
 cosine, each query's k most similar bank rows vote for their class with weight
@@ -24,16 +25,99 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from wlsft_jax.evals import features as features_lib
 from wlsft_jax.evals.feature_checks import checked_features
 from wlsft_jax.evals.feature_checks import checked_labels
+from wlsft_jax.models import two_towers, vit
 
 DEFAULT_KS = (10, 20, 100, 200)
 _BANK_AXIS = "bank"
 _SIMILARITY_BLOCK_BYTES = 128 * 2**20
+# eval.representation -> the features k-NN compares, from the image tower's (features, out).
+REPRESENTATIONS = {
+    "cls": lambda features, out: out["encoded"][:, 0],  # Final-norm class token (DINO's k-NN).
+    "features": lambda features, out: features,  # The tower's output (projected, if it is).
+}
+
+
+def report_metric(config, kind: str) -> str:
+    """k-NN top-1 at eval.knn_report_k, for the ID and the OOD datasets alike."""
+    del kind
+    return f"knn{config.eval.knn_report_k}_top1"
+
+
+def recorded_metrics(config, dataset: str) -> tuple[str, ...]:
+    """knn{k}_top1 and knn{k}_top5 for every k of eval.knn_ks, on every dataset."""
+    del dataset
+    return tuple(f"knn{k}_{name}" for k in config.eval.knn_ks for name in ("top1", "top5"))
+
+
+def image_tower(model):
+    """The image tower of a stage's model (a two-tower CLIP / WLS model, or a classifier), which
+    reads the `img` params."""
+    if isinstance(model, two_towers.Model):
+        return model.towers()[0]
+    return vit.Model(**model.img)
+
+
+class Evaluator:
+    """k-NN accuracy (knn{k}_top1 / top5 for k in eval.knn_ks) of the image features
+    (eval.representation) of a stage's `model` on every eval set of `context.task`, against the
+    features of its ID training images (`task.train_eval_set`). Features are whole on every
+    process, so every process computes the same k-NN."""
+
+    def __init__(self, context, model):
+        self.context = context
+        tower = image_tower(model)
+        represent = REPRESENTATIONS[context.config.eval.representation]
+        self.features_fn = jax.jit(lambda params, images: represent(*tower.apply(
+            {"params": params}, images)))
+
+    def run(self, params, *, method, alpha, seed) -> list[dict]:
+        """Report records of the `img` part of `params` on every eval set."""
+        config, task = self.context.config, self.context.task
+        read = dict(batch_size=config.eval.batch_size, mesh=self.context.mesh,
+                    worker_count=task.eval_worker_count)
+        bank, bank_labels = features_lib.labelled_features(self.features_fn, params["img"],
+                                                           task.train_eval_set, **read)
+        records = []
+        for eval_set in task.eval_sets:
+            queries, labels = features_lib.labelled_features(self.features_fn, params["img"],
+                                                             eval_set, **read)
+            accuracy = eval_set_accuracy(bank, bank_labels, queries, labels, eval_set=eval_set,
+                                         ks=tuple(config.eval.knn_ks),
+                                         num_classes=len(task.class_names))
+            records += [
+                dict(method=method, alpha=float(alpha), dataset=eval_set.name,
+                     metric=f"knn{k}_{name}", seed=seed, value=value, kind=eval_set.kind)
+                for k, values in accuracy.items() for name, value in values.items()]
+        metric = report_metric(config, "id")
+        logging.info("%s of %s at alpha=%g: %s", metric, method, alpha, {
+            r["dataset"]: round(r["value"], 4) for r in records if r["metric"] == metric})
+        return records
+
+
+def eval_set_accuracy(bank, bank_labels, queries, labels, *, eval_set, ks,
+                      num_classes) -> dict:
+    """{k: {"top1", "top5"}} of weighted k-NN; a set with a logits transform (ImageNet-R / -A,
+    ObjectNet) is scored on the transformed class votes."""
+    if eval_set.logits_transform is None:
+        return knn_accuracy(bank, bank_labels, queries, labels, ks=ks, num_classes=num_classes)
+    accuracy = {}
+    for k in ks:
+        votes = eval_set.logits_transform(np.asarray(knn_scores(
+            bank, bank_labels, queries, k=k, num_classes=num_classes)))
+        best = np.argsort(-votes, axis=1, kind="stable")[:, :5]
+        # As in `knn_accuracy`, a class that got no vote never counts as a hit.
+        hits = (best == np.asarray(labels)[:, None]) & (
+            np.take_along_axis(votes, best, axis=1) > 0)
+        accuracy[k] = {"top1": float(hits[:, 0].mean()), "top5": float(hits.any(axis=1).mean())}
+    return accuracy
 
 
 def _bank_mesh() -> Mesh:

@@ -1,5 +1,6 @@
-"""Zero-shot classification heads from a CLIP text tower, and classifier accuracy (top-k, and
-the WILDS metrics of every example's prediction).
+"""Evaluator "zero_shot": a classifier's accuracy (top-k, and the WILDS metrics of every
+example's prediction) on every eval set, a CLIP evaluated through the zero-shot head of its text
+tower.
 
 The head follows CLIP / WiSE-FT: each class embedding is the mean over prompt templates of the
 L2-normalised text embeddings, renormalised; logits = temperature * (image embedding . class
@@ -13,10 +14,70 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from wlsft_jax.data import wilds
+from wlsft_jax.data import tasks, templates as templates_lib, wilds
 from wlsft_jax.data.pipeline import MASK_KEY
 
 PREDICTION = "prediction"
+
+
+def report_metric(config, kind: str) -> str:
+    """The metric the report tabulates for the ID (kind "id") or the OOD datasets ("ood"): top-1,
+    or a task's official metric such as iWildCam's macro-F1 (`eval.report_metrics`)."""
+    return config.eval.report_metrics[kind]
+
+
+def recorded_metrics(config, dataset: str) -> tuple[str, ...]:
+    """The metrics this evaluator records for `dataset`."""
+    return tasks.eval_metrics(config.data, dataset)
+
+
+class Evaluator:
+    """Accuracy of the classifier of `context.models` on every eval set of `context.task` (ID
+    first), each scored through its logits transform. A CLIP's params are first turned into
+    that classifier with its zero-shot head (`as_classifier`). The jitted counts are built once
+    per distinct transform (and need of predictions); sets without metrics of every example's
+    prediction never move predictions to the host. `eval_sets` narrows the sets (by default all).
+    """
+
+    def __init__(self, context, model=None, eval_sets=None):
+        del model  # Every stage is scored as the task's classifier.
+        self.context = context
+        self.eval_sets = context.task.eval_sets if eval_sets is None else tuple(eval_sets)
+        self.counts_fns = {}
+        for eval_set in self.eval_sets:
+            transform, predictions = key = self._counts_key(eval_set)
+            if key not in self.counts_fns:
+                self.counts_fns[key] = jit_counts(context.models["classifier"], transform,
+                                                  predictions=predictions)
+
+    @staticmethod
+    def _counts_key(eval_set):
+        return eval_set.logits_transform, bool(eval_set.metrics)
+
+    def run(self, params, *, method, alpha, seed) -> list[dict]:
+        """Report records of `params` (a classifier's or a CLIP's) on every eval set."""
+        if "txt" in params:
+            params = as_classifier(params, self.context.head_fn)
+        records = []
+        for eval_set in self.eval_sets:
+            values = accuracy(self.counts_fns[self._counts_key(eval_set)], params,
+                              self.context.eval_batches(eval_set), metrics=eval_set.metrics)
+            records += [dict(method=method, alpha=float(alpha), dataset=eval_set.name,
+                             metric=metric, seed=seed, value=value, kind=eval_set.kind)
+                        for metric, value in values.items()]
+        return records
+
+
+def zero_shot_head_fn(config, clip_model, tokenizer, class_names):
+    """Jitted clip_params -> the zero-shot head of `class_names` in eval.templates."""
+    class_tokens = jnp.asarray(class_prompt_tokens(
+        tokenizer, class_names, templates_lib.get_templates(config.eval.templates)))
+    return jax.jit(lambda clip_params: zero_shot_head(clip_model, clip_params, class_tokens))
+
+
+def as_classifier(clip_params, head_fn):
+    """The image tower with the zero-shot head of the text tower, as WiSE-FT evaluates a CLIP."""
+    return {"img": clip_params["img"], "head": head_fn(clip_params)}
 
 
 def class_prompt_tokens(tokenizer, class_names, templates) -> np.ndarray:

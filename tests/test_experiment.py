@@ -1,0 +1,39 @@
+"""The one runner: pretraining once, then LP, FT, LP-FT and FLYP for two seeds, each mixed with
+the pretrained CLIP across alphas and scored by its method's evaluator, through main."""
+import os
+
+from wlsft_jax import report
+from test_configs import REPO, run_main_in_process
+
+TINY = ["--config.model.img.variant=mu/8", "--config.data.image_size=16",
+        "--config.data.train_examples_per_domain=48", "--config.data.eval_examples_per_domain=16",
+        "--config.data.worker_count=0", "--config.data.ood_domains=('sketch',)",
+        "--config.eval.alphas=(0.0,0.5,1.0)", "--config.eval.batch_size=16",
+        "--config.num_seeds=2", "--config.model.txt.width=32", "--config.model.txt.depth=1",
+        "--config.model.txt.num_heads=2", "--config.model.txt.mlp_dim=64",
+        "--config.model.embed_dim=32"]
+STAGES = ("pretrain", "lp", "ft", "lpft", "flyp")
+
+
+def test_every_stage_of_compare_clip_runs_through_the_one_runner(tmp_path, monkeypatch):
+    workdir = tmp_path / "workdir"
+    overrides = [f"--config.{stage}.{key}={value}" for stage in STAGES
+                 for key, value in (("steps", 2), ("batch_size", 16), ("log_every", 1),
+                                    ("optim.warmup_steps", 1))]
+    run_main_in_process(["main", f"--config={os.path.join(REPO, 'configs', 'compare_clip.py')}",
+                         f"--workdir={workdir}", *TINY, *overrides], monkeypatch)
+    records = report.load_records(workdir / "report" / "results.json")
+    rows = {(r["method"], r["seed"], r["alpha"]) for r in records}
+    assert rows == {("zeroshot", 0, 0.0)} | {
+        (method, seed, alpha) for method in STAGES[1:] for seed in (0, 1)
+        for alpha in (0.0, 0.5, 1.0)}
+    # Pretraining ran once; every fine-tuning stage trained per seed.
+    assert sorted(os.listdir(workdir / "pretrain")) == ["seed0"]
+    assert all(sorted(os.listdir(workdir / stage)) == ["seed0", "seed1"] for stage in STAGES[1:])
+    # Alpha 0 is the pretrained CLIP's zero-shot classifier for every stage, LP-FT included
+    # (mixed with the pretrained model, not with its LP input), whatever was trained.
+    values = {(r["method"], r["seed"], r["alpha"], r["dataset"], r["metric"]): r["value"]
+              for r in records}
+    for (method, seed, alpha, dataset, metric), value in values.items():
+        if alpha == 0.0:
+            assert value == values["zeroshot", 0, 0.0, dataset, metric], (method, seed)

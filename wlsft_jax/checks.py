@@ -1,0 +1,173 @@
+"""The config check: every key known, every name valid, before anything is compiled or read.
+
+`check_config` rejects any key that no part of the program consumes and any unknown name,
+naming the valid ones. Method names, the stage keys a method alone reads and the method's own
+checks come from the method registry (`wlsft_jax.methods`), not from lists kept here.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from wlsft_jax import methods, optim
+from wlsft_jax.data import tasks, templates
+
+INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
+TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
+
+TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model",
+                  "init", "stages", "eval", "text_encoder"}
+SECTION_KEYS = {
+    "mesh": {"data", "fsdp", "tensor"},
+    "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
+    "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
+             "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
+             "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
+             "captions_path", "caption_pairs"},
+    "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
+    "model": {"img", "txt", "embed_dim", "dtype"},
+    "init": {"format", "path"},
+    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
+             "report_metrics"},
+    "text_encoder": {"format", "path"},
+}
+# Keys every stage may set; a method's own keys are its module's STAGE_KEYS.
+STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates",
+              "log_every", "checkpoint_every", "keep_checkpoints"}
+# The kinds of dataset that eval.report_metrics names a metric for.
+REPORT_KINDS = (tasks.ID, tasks.OOD)
+
+
+def known_keys(keys, allowed, where) -> None:
+    """ValueError naming the keys not in `allowed`, and the allowed ones."""
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown config key(s) {unknown} in {where}; valid keys: "
+                         f"{sorted(allowed)}.")
+
+
+def choice(value, valid, what) -> None:
+    """ValueError naming the valid choices when `value` is not one of them."""
+    if value not in valid:
+        raise ValueError(f"Unknown {what} {value!r}; valid choices: {list(valid)}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for any unknown key or unknown name, naming the valid ones."""
+    stages = tuple(config.stages)
+    if not stages:
+        raise ValueError("config.stages is empty; name at least one stage, e.g. ('pretrain',).")
+    known_keys(config.keys(), TOP_LEVEL_KEYS | set(stages), "the config's top level "
+               f"(stages {list(stages)} are valid too)")
+    for section, allowed in SECTION_KEYS.items():
+        if section in config:
+            known_keys(config[section].keys(), allowed, f"config.{section}")
+    choice(config.data.source, tasks.SOURCES, "data.source")
+    choice(config.tokenizer.kind, TOKENIZER_KINDS, "tokenizer.kind")
+    choice(config.init.format, INIT_FORMATS, "init.format")
+    if "templates" in config.eval:
+        choice(config.eval.templates, tuple(templates.TEMPLATES), "eval.templates")
+    if config.init.format != "scratch" and not config.init.path:
+        raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
+                         "path to the weights).")
+    missing = [name for name in stages if name not in config]
+    if missing:
+        raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
+                         f"config.{missing[0]} = recipes.stage(...).")
+    for index, name in enumerate(stages):
+        _check_stage(config, stages, index)
+    _check_method_keys(config, stages)
+    _check_report_metrics(config, stages)
+    if not methods.get(config[stages[0]].method).RUNS_ONCE and config.init.format == "scratch":
+        raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
+                         "init.format='scratch'; add a 'pretrain' stage first or set init.format "
+                         f"to one of {list(INIT_FORMATS[1:])} with init.path.")
+
+
+def _check_stage(config, stages, index) -> None:
+    """Stage `stages[index]`: its keys, method, input, templates, numbers and its method's own
+    checks."""
+    name = stages[index]
+    stage = config[name]
+    choice(stage.get("method"), methods.names(), f"method of stage {name!r}")
+    method = methods.get(stage.method)
+    own_keys = {key: other for other in methods.names()
+                for key in methods.get(other).STAGE_KEYS}
+    known_keys(stage.keys(), STAGE_KEYS | set(own_keys), f"config.{name}")
+    for key, owner in own_keys.items():
+        if key in stage and key not in method.STAGE_KEYS:
+            raise ValueError(f"config.{name}.{key} applies to method {owner!r} only; stage "
+                             f"{name!r} has method {stage.method!r}.")
+    if stage.get("input") is not None:
+        choice(stage.input, stages[:index], f"input of stage {name!r} (an earlier stage)")
+    if "templates" in stage:
+        choice(stage.templates, tuple(templates.TEMPLATES), f"templates of stage {name!r}")
+    _check_stage_numbers(name, stage)
+    if hasattr(method, "check_config"):
+        method.check_config(config, name)
+
+
+def _check_method_keys(config, stages) -> None:
+    """Keys that only one method reads (its module's CONFIG_KEYS, e.g. WLS's text encoder)
+    need a stage of that method; so does a stand-in stage (`supervised`) the stage it feeds,
+    and tokenizer.kind='hf_json' a text encoder."""
+    used = {config[name].method for name in stages}
+    for method_name in methods.names():
+        method = methods.get(method_name)
+        present = [key for key in getattr(method, "CONFIG_KEYS", ()) if _has_key(config, key)]
+        if present and method_name not in used:
+            raise ValueError(f"Config key(s) {present} apply to method {method_name!r} only; "
+                             f"add a stage with method {method_name!r} or remove them.")
+        feeds = getattr(method, "FEEDS", None)
+        if method_name in used and feeds and feeds not in used:
+            raise ValueError(f"Stage(s) {[n for n in stages if config[n].method == method_name]} "
+                             f"of method {method_name!r} train the stand-in encoder of method "
+                             f"{feeds!r}; add a {feeds!r} stage or remove them.")
+    if config.tokenizer.kind == "hf_json" and "text_encoder" not in config:
+        raise ValueError("tokenizer.kind='hf_json' reads the tokenizer.json of text_encoder.path; "
+                         "set text_encoder (a 'wls' config) or another tokenizer.kind.")
+
+
+def _has_key(config, dotted: str) -> bool:
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        if parent not in config:
+            return False
+        config = config[parent]
+    return leaf in config
+
+
+def _check_report_metrics(config, stages) -> None:
+    """A config scored by the "zero_shot" evaluator names the metric the report tabulates for
+    the ID and for the OOD datasets (eval.report_metrics; experiment.check_names checks that they
+    are recorded); others report their evaluator's metric and set none."""
+    evaluator = methods.get(config[stages[-1]].method).EVALUATOR
+    present = "report_metrics" in config.eval
+    if evaluator not in (None, "zero_shot"):
+        if present:
+            raise ValueError(f"eval.report_metrics applies to the zero_shot evaluator; this "
+                             f"config's last stage is scored by {evaluator!r}. Remove it.")
+        return
+    if not present:
+        raise ValueError(f"eval.report_metrics is unset; set it to a dict with keys "
+                         f"{list(REPORT_KINDS)}, e.g. dict(id='top1', ood='top1').")
+    metrics = config.eval.report_metrics
+    known_keys(metrics.keys(), REPORT_KINDS, "config.eval.report_metrics")
+    missing = [kind for kind in REPORT_KINDS if kind not in metrics]
+    if missing:
+        raise ValueError(f"config.eval.report_metrics lacks {missing}; name a metric for each of "
+                         f"{list(REPORT_KINDS)}.")
+
+
+def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
+    """Step counts and batch split of a stage, and its optimizer config (keys, names, warmup)."""
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
+        if not isinstance(stage[key], int) or stage[key] < 1:
+            raise ValueError(f"config.{name}.{key} must be a positive integer, got {stage[key]!r}.")
+    if stage.batch_size % stage.accum_steps:
+        raise ValueError(f"config.{name}.batch_size={stage.batch_size} does not split into "
+                         f"accum_steps={stage.accum_steps} equal micro-batches; use an "
+                         "accum_steps that divides the batch size.")
+    try:  # Builds the optimizer for an empty param tree: checks every optim key and name.
+        optim.make_optimizer(stage.optim, {}, total_steps=stage.steps)
+    except ValueError as error:
+        raise ValueError(f"config.{name}.optim: {error}") from None

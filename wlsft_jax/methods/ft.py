@@ -1,0 +1,30 @@
+"""`ft`: the image tower and a linear head on its L2-normalised features trained by cross-entropy
+on the ID labels. A CLIP input becomes its image tower with the zero-shot head (WiSE-FT), so the
+head starts as the zero-shot classifier."""
+from wlsft_jax import objectives, train
+from wlsft_jax.data import transforms
+from wlsft_jax.evals import zero_shot
+from wlsft_jax.methods import _common
+
+RUNS_ONCE = False
+EVALUATOR = "zero_shot"
+STAGE_KEYS = ()
+
+
+def build(context, name, stage_config) -> _common.Stage:
+    del name  # Any input becomes a classifier.
+    task = context.task
+    spec = train.TrainSpec(
+        model=context.models["classifier"],
+        example_inputs=_common.example_inputs(context, stage_config, text=False),
+        loss_fn=objectives.classification_loss, train_source=task.train_source,
+        train_operations=[*task.train_operations, transforms.SelectKeys(("image", "label"))],
+        worker_count=context.config.data.worker_count)
+
+    def start(params, seed):
+        del seed
+        if "txt" in params:
+            return zero_shot.as_classifier(params, context.head_fn)
+        return params
+
+    return _common.Stage(spec, start)
