@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -161,11 +162,12 @@ def test_accum_steps_must_divide_the_batch_size():
 
 
 def run_main_in_process(argv, monkeypatch):
-    """`wlsft_jax.main` with `argv` in this process (8 CPU devices), flags restored afterwards."""
+    """`wlsft_jax.main` with `argv` in this process (8 CPU devices), flags and the mesh that
+    main sets restored afterwards (a later test in this process may use another mesh)."""
     from wlsft_jax import main
 
     monkeypatch.setattr(sys, "argv", argv)  # The config flag reads its overrides from here.
-    with flagsaver.flagsaver():
+    with flagsaver.flagsaver(), jax.set_mesh(None):
         try:
             flags.FLAGS.unparse_flags()
             flags.FLAGS(argv)
