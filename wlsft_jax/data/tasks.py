@@ -143,6 +143,12 @@ def check_names(data) -> None:
             if unknown:
                 raise ValueError(f"Unknown domain(s) {unknown} in {key}; valid domains of the "
                                  f"embedded world: {list(world.DOMAINS)}.")
+        weights = data.get("pretrain_domain_weights")
+        if weights is not None and (len(weights) != len(data.pretrain_domains) or any(
+                not isinstance(w, int) or w < 1 for w in weights)):
+            raise ValueError(f"data.pretrain_domain_weights={tuple(weights)} must be one positive "
+                             f"integer per domain of data.pretrain_domains "
+                             f"{tuple(data.pretrain_domains)}.")
         for key in ("data_dir", "label_space", "captions"):
             if data.get(key) is not None:
                 raise ValueError(f"data.{key}={data[key]!r} applies to data.source='real' only; "
@@ -202,10 +208,11 @@ def _eval_view(data, metrics=()) -> list[grain.Transformation]:
 
 
 def _world_task(data, seed: int) -> Task:
-    def source(split, domains, examples_per_domain):
+    def source(split, domains, examples_per_domain, domain_weights=None):
         return world.WorldSource(split=split, domains=domains,
                                  examples_per_domain=examples_per_domain,
-                                 image_size=data.image_size, seed=seed)
+                                 image_size=data.image_size, seed=seed,
+                                 domain_weights=domain_weights)
 
     train = source("train", (data.id_domain,), data.train_examples_per_domain)
     pretrain_domains = tuple(data.pretrain_domains)
@@ -219,7 +226,8 @@ def _world_task(data, seed: int) -> Task:
                 train_eval_set=EvalSet(name=data.id_domain, kind=ID, source=train,
                                        operations=eval_operations,
                                        num_classes=len(world.CLASSES)),
-                pretrain_source=source("train", pretrain_domains, data.train_examples_per_domain)
+                pretrain_source=source("train", pretrain_domains, data.train_examples_per_domain,
+                                       data.get("pretrain_domain_weights"))
                 if pretrain_domains else None,
                 caption_source=train, caption_operations=tuple(_augment(data)))
 
