@@ -14,11 +14,12 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from wlsft_jax import (checkpoint, convert, interpolate, methods, recipes, report, sharding,
-                       train)
+from wlsft_jax import (checkpoint, convert, interpolate, methods, pretrained, recipes, report,
+                       sharding, train)
 from wlsft_jax.data import pipeline, tasks, templates as templates_lib
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
-from wlsft_jax.evals import zero_shot
+from wlsft_jax.evals import knn, zero_shot
+from wlsft_jax.evals.features import labelled_features
 from wlsft_jax.models import classifier, two_towers, vit
 
 ZERO_SHOT = "zeroshot"
@@ -28,7 +29,8 @@ def report_metric(config, kind: str = tasks.ID) -> str:
     """The metric the report tabulates for the ID (kind "id") or the OOD datasets ("ood"):
     `eval.report_metrics[kind]` (top-1, or a task's official metric such as iWildCam's
     macro-F1), or for WLS the k-NN top-1 at eval.knn_report_k."""
-    if config[config.stages[-1]].method in methods.WLS_METHODS:
+    if config[config.stages[-1]].method in (*methods.WLS_METHODS,
+                                            *methods.SELF_SUPERVISED_METHODS):
         return f"knn{config.eval.knn_report_k}_top1"
     return config.eval.report_metrics[kind]
 
@@ -56,7 +58,8 @@ def check_names(config) -> None:
     if data.id_domain in data.ood_domains:
         raise ValueError(f"data.id_domain {data.id_domain!r} is also listed in data.ood_domains; "
                          "an OOD set must differ from the ID set.")
-    if config[config.stages[-1]].method in methods.WLS_METHODS:
+    if config[config.stages[-1]].method in (*methods.WLS_METHODS,
+                                            *methods.SELF_SUPERVISED_METHODS):
         return
     for kind, names in ((tasks.ID, (data.id_domain,)), (tasks.OOD, tuple(data.ood_domains))):
         metric = report_metric(config, kind)
@@ -95,6 +98,8 @@ def build_models(config, tokenizer, *, num_classes: int) -> dict:
     layout."""
     model = config.model
     image = dict(model.img, image_size=config.data.image_size, dtype_mm=model.dtype)
+    if "txt" not in model:  # An image tower alone (dino).
+        return {}
     text = dict(model.txt, vocab_size=tokenizer.vocab_size,
                 context_length=tokenizer.context_length, eot_id=tokenizer.eot_id,
                 dtype_mm=model.dtype)
@@ -114,6 +119,18 @@ def initial_clip(config, models):
     init = config.init
     if init.format == "scratch":
         return models, None
+    if init.format == "pretrained":
+        clip_model, params, tokenizer = pretrained.load(init.name)
+        if pretrained.read(init.name)[0]["vocabulary"] != list(world.VOCABULARY):
+            raise ValueError(f"init.name={init.name!r} was trained on another caption grammar "
+                             f"than data/world.py's; {pretrained.rebuild_hint(init.name)}.")
+        if tokenizer.context_length != config.tokenizer.context_length:
+            raise ValueError(f"init.name={init.name!r} reads {tokenizer.context_length} tokens, "
+                             f"tokenizer.context_length is {config.tokenizer.context_length}; "
+                             "remove the override.")
+        clip_model, params = with_memory_levers(config.model, clip_model, params)
+        image = dict(clip_model.image, proj_dim=clip_model.out_dim)
+        return {"clip": clip_model, "classifier": models["classifier"].clone(img=image)}, params
     if init.format == "hf_clip":
         clip_model, params = convert.from_hf_clip(init.path, image_size=config.data.image_size,
                                                   dtype_mm=config.model.dtype)
@@ -189,6 +206,37 @@ def make_evaluator(config, mesh, task, classifier_model):
     return evaluate
 
 
+def knn_evaluator(config, mesh, task, image_model):
+    """(image_params, *, method, seed) -> report records of weighted k-NN (eval.knn_ks) on the
+    final-norm class token: every eval set of `task` against its ID training set as the bank."""
+    features_fn = jax.jit(lambda params, images: image_model.apply(
+        {"params": params}, images)[1]["encoded"][:, 0])
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    read = dict(batch_size=config.eval.batch_size, mesh=mesh, worker_count=task.eval_worker_count)
+
+    def evaluate(image_params, *, method, seed):
+        image_params = jax.device_put(image_params, replicated)
+        bank, bank_labels = labelled_features(features_fn, image_params, task.train_eval_set,
+                                              **read)
+        records = []
+        for eval_set in task.eval_sets:
+            queries, labels = labelled_features(features_fn, image_params, eval_set, **read)
+            accuracy = knn.knn_accuracy(bank, bank_labels, queries, labels,
+                                        ks=tuple(config.eval.knn_ks),
+                                        num_classes=len(task.class_names))
+            records += [dict(method=method, alpha=1.0, dataset=eval_set.name,
+                             metric=f"knn{k}_{name}", seed=seed, value=value, kind=eval_set.kind)
+                        for k, values in accuracy.items() for name, value in values.items()]
+        return records
+
+    return evaluate
+
+
+def periodic_values(records, metric) -> dict[str, float]:
+    """{dataset: value} of `metric` in `records` (a stage's periodic evaluation)."""
+    return {r["dataset"]: r["value"] for r in records if r["metric"] == metric}
+
+
 def wise_ft_sweep(config, evaluate, head_fn, pretrained, fine_tuned, *, method, seed):
     """Records of `interpolate(theta0, theta1, alpha)` for every alpha in `config.eval.alphas`.
 
@@ -244,8 +292,9 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     task = tasks.build(config.data, seed=config.seed)
     models, pretrained = initial_clip(config, build_models(
         config, tokenizer, num_classes=len(task.class_names)))
-    head_fn = zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
-    evaluate = make_evaluator(config, mesh, task, models["classifier"])
+    if models:
+        head_fn = zero_shot_head_fn(config, models["clip"], tokenizer, task.class_names)
+        evaluate = make_evaluator(config, mesh, task, models["classifier"])
     records = []
     for seed in range(config.seed, config.seed + config.num_seeds):
         outputs = {}
@@ -271,16 +320,29 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
             stage_seed = config.seed if method_name == "pretrain" else seed
             logging.info("Stage %s (seed %d): %s for %d steps.", name, stage_seed, method_name,
                          stage_config.steps)
+            periodic_eval = None
+            if method_name == "pretrain":
+                periodic_eval = lambda params: periodic_values(evaluate(
+                    as_classifier(params, head_fn), method=ZERO_SHOT, alpha=0.0, seed=seed),
+                    "top1")
+            elif method_name in methods.SELF_SUPERVISED_METHODS:
+                evaluate_knn = knn_evaluator(config, mesh, task, method.model.image_tower())
+                report_metric_name = report_metric(config)
+                periodic_eval = lambda params: periodic_values(evaluate_knn(
+                    params["teacher"]["img"], method=name, seed=seed), report_metric_name)
             outputs[name] = train.run(
                 name=name, stage_config=stage_config, method=method, init_params=params,
                 mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
-                seed=stage_seed, writer=writer)
+                seed=stage_seed, writer=writer, periodic_eval=periodic_eval)
             if method_name == "pretrain":
                 pretrained = outputs[name]
+            elif method_name in methods.SELF_SUPERVISED_METHODS:
+                records += evaluate_knn(sharding.host_copy(outputs[name]["teacher"]["img"]),
+                                        method=name, seed=seed)
             else:
                 records += wise_ft_sweep(config, evaluate, head_fn, pretrained, outputs[name],
                                          method=name, seed=seed)
-        if seed == config.seed:
+        if seed == config.seed and pretrained is not None:
             records += evaluate(as_classifier(pretrained, head_fn), method=ZERO_SHOT,
                                 alpha=0.0, seed=seed)
     return records

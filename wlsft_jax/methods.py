@@ -12,6 +12,9 @@ it may change is the stage's optimizer config (regex schedule; `None` freezes):
 - `supervised`: an image classifier trained from scratch by cross-entropy on the records'
               `label_key` ("label": the shape, "domain": the visual domain) over every
               pretraining domain: the embedded stand-in for a vision-only pretrained encoder.
+- `dino`:     self-distillation with no labels (Caron et al., 2021) on the images of every
+              pretraining domain: a student on multi-crop views matches a momentum teacher
+              (`wlsft_jax.dino`); the teacher's image tower is the self-supervised encoder.
 - `wls`:      weak language supervision: the CLIP loss on (ID image, its caption) pairs between
               a vision encoder with adapters, projected into a text encoder's space, and that
               text encoder (`models.wls`); its schedule trains only adapters and projection
@@ -30,13 +33,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wlsft_jax import objectives, sharding
+from wlsft_jax import dino, objectives, sharding
 from wlsft_jax.data import captions, transforms, world
-from wlsft_jax.models import two_towers
+from wlsft_jax.models import dino as dino_models, two_towers
 
 CONTRASTIVE_METHODS = ("pretrain", "flyp")
 CLASSIFIER_METHODS = ("ft", "lp")
 SUPERVISED_METHODS = ("supervised",)
+SELF_SUPERVISED_METHODS = ("dino",)
+# DINO's teacher and center follow the student by momentum, never by gradient.
+DINO_FROZEN = ("teacher", "center")
 WLS_METHODS = ("wls",)
 # WLS trains the adapters and the image projection; the encoders (and temperature) stay frozen.
 WLS_SCHEDULE = ((r"img/.*/(film|replay|lora)/.*", {}), ("img/proj/.*", {}), (".*", None))
@@ -52,6 +58,11 @@ class Method:
     train_source: Any  # A grain RandomAccessDataSource.
     train_operations: Sequence  # Per-example grain transforms, batching is the loader's.
     worker_count: int
+    # (params, metrics, step) -> (params, metrics) after every optimizer step, inside the jitted
+    # step: DINO's momentum teacher. Metrics it consumes are removed.
+    after_step: Callable | None = None
+    # params -> params applied to fresh params (DINO's teacher starts as the student).
+    after_init: Callable | None = None
 
     def loss(self, params, batch, rng):
         return self.loss_fn(self.model, params, batch, rng)
@@ -65,7 +76,9 @@ class Method:
 
     def init_params(self, mesh, seed):
         """Fresh params, created directly sharded on `mesh` (for pretraining from scratch)."""
-        init = lambda rng: nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+        def init(rng):
+            params = nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+            return self.after_init(params) if self.after_init else params
         return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
 
 
@@ -87,6 +100,45 @@ def text_features_contrastive_loss(model, params, batch, rng):
     zimg, _, out = model.apply({"params": params}, batch["image"], None)
     ztxt = two_towers.l2_normalize(batch[captions.TEXT_FEATURES_KEY])
     return _clip_loss(zimg, ztxt, out["temperature"])
+
+
+def dino_loss(model, params, batch, rng, *, mean, std, settings):
+    """DINO's loss on the multi-crop views of the batch's uint8 images; the batch's mean teacher
+    output rides along in the metrics for `after_step`'s center update."""
+    student_logits, teacher_logits = model.apply(
+        {"params": params}, dino.views(batch["image"], rng, mean=mean, std=std))
+    loss, batch_center = dino.loss(student_logits, teacher_logits, params["center"], settings)
+    entropy = -jnp.mean(jnp.sum(jax.nn.softmax(teacher_logits / settings.teacher_temperature)
+                                * jax.nn.log_softmax(teacher_logits / settings.teacher_temperature),
+                                axis=-1))
+    return loss, {"teacher_entropy": entropy, "batch_center": batch_center}
+
+
+def _dino_method(method_name, *, stage_config, config, task):
+    data = config.data
+    settings = dino.Settings()
+    image = dict(config.model.img, image_size=data.image_size, dtype_mm=config.model.dtype)
+    model = dino_models.Model(img=image, head=dict(
+        hidden_dim=settings.hidden_dim, bottleneck_dim=settings.bottleneck_dim,
+        num_prototypes=settings.num_prototypes), num_global_views=dino.GLOBAL_VIEWS)
+    batch = stage_config.batch_size // stage_config.accum_steps
+    example_views = [jnp.zeros((batch, data.image_size, data.image_size, 3))] * dino.GLOBAL_VIEWS
+    example_views += [jnp.zeros((batch, data.image_size // 2, data.image_size // 2, 3))
+                      ] * dino.LOCAL_VIEWS
+
+    def after_step(params, metrics, step):
+        metrics = dict(metrics)
+        params = dino.momentum_update(params, metrics.pop("batch_center"), step + 1,
+                                      stage_config.steps, settings)
+        return params, metrics
+
+    return Method(
+        name=method_name, model=model, example_inputs=(example_views,),
+        loss_fn=functools.partial(dino_loss, mean=tuple(data.mean), std=tuple(data.std),
+                                  settings=settings),
+        train_source=training_captions(task.pretrain_source, method_name),
+        train_operations=[transforms.SelectKeys(("image",))], worker_count=data.worker_count,
+        after_step=after_step, after_init=lambda params: dict(params, teacher=params["student"]))
 
 
 def label_names(label_key: str, task) -> tuple[str, ...]:
@@ -129,6 +181,8 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
             train_operations=[*task.caption_operations, *text_operations,
                               keep(("image", *text_keys))],
             worker_count=data.worker_count)
+    if method_name in SELF_SUPERVISED_METHODS:
+        return _dino_method(method_name, stage_config=stage_config, config=config, task=task)
     if method_name in SUPERVISED_METHODS:
         label_key = stage_config.get("label_key", "label")
         label_names(label_key, task)
@@ -161,8 +215,8 @@ def build(method_name, *, stage_config, config, tokenizer, models, task, templat
 def training_captions(source, method_name):
     """`source`, or a ValueError when the data has none for `method_name`."""
     if source is None:
-        raise ValueError(f"Method {method_name!r} has no training data here: 'pretrain' and "
-                         "'supervised' read the embedded world's data.pretrain_domains, 'wls' "
+        raise ValueError(f"Method {method_name!r} has no training data here: 'pretrain', "
+                         "'dino' and 'supervised' read the embedded world's data.pretrain_domains, 'wls' "
                          "the world's captions or data.captions; on real data start from "
                          "pretrained weights (init.format='hf_clip' / 'hf_vit') and fine-tune "
                          "with 'ft', 'lp', 'flyp' or 'wls'.")

@@ -10,8 +10,10 @@ import ml_collections
 
 from wlsft_jax.data import templates
 
-METHODS = ("pretrain", "ft", "lp", "flyp", "supervised", "wls")
-INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
+METHODS = ("pretrain", "ft", "lp", "flyp", "supervised", "dino", "wls")
+# Methods that train from scratch (every other one starts from pretrained weights).
+FROM_SCRATCH_METHODS = ("pretrain", "supervised", "dino")
+INIT_FORMATS = ("scratch", "pretrained", "orbax", "hf_clip", "hf_vit", "big_vision")
 DATA_SOURCES = ("world", "real")  # data.tasks.SOURCES
 TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
 TEXT_ENCODER_FORMATS = ("hf_bert",)
@@ -23,12 +25,13 @@ SECTION_KEYS = {
     "mesh": {"data", "fsdp", "tensor"},
     "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
     "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
+             "pretrain_domain_weights",
              "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
              "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
              "captions_path", "caption_pairs"},
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
-    "init": {"format", "path"},
+    "init": {"format", "path", "name"},
     "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
              "report_metrics"},
     "text_encoder": {"format", "path"},
@@ -38,7 +41,7 @@ SECTION_KEYS = {
 WLS_EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
 WLS_CAPTION_KEYS = ("captions", "captions_path", "caption_pairs")
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates", "log_every",
-              "checkpoint_every", "keep_checkpoints", "adapter", "label_key"}
+              "checkpoint_every", "keep_checkpoints", "adapter", "label_key", "eval_every"}
 # The kinds of dataset that eval.report_metrics names a metric for.
 REPORT_KINDS = ("id", "ood")
 # Stage keys that only one method reads.
@@ -72,9 +75,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _choice(config.init.format, INIT_FORMATS, "init.format")
     if "templates" in config.eval:
         _choice(config.eval.templates, TEMPLATE_SETS, "eval.templates")
-    if config.init.format != "scratch" and not config.init.path:
-        raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
-                         "path to the weights).")
+    _check_init(config.init)
     missing = [name for name in stages if name not in config]
     if missing:
         raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
@@ -88,17 +89,68 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if "templates" in stage:
             _choice(stage.templates, TEMPLATE_SETS, f"templates of stage {name!r}")
         _check_stage_numbers(name, stage)
+        if stage.method == "dino":
+            _check_dino_schedule(name, stage)
         for key, method in METHOD_STAGE_KEYS.items():
             if key in stage and stage.method != method:
                 raise ValueError(f"config.{name}.{key} applies to method {method!r} only; stage "
                                  f"{name!r} has method {stage.method!r}.")
     _check_wls(config, stages)
     _check_report_metrics(config, stages)
-    if (config[stages[0]].method not in ("pretrain", "supervised")
+    if config.init.format == "pretrained":
+        from wlsft_jax import pretrained
+
+        kind = pretrained.MODELS[config.init.name].kind
+        wanted = "vit" if config[stages[-1]].method == "wls" else "clip"
+        if kind != wanted:
+            valid = [n for n, m in pretrained.MODELS.items() if m.kind == wanted]
+            raise ValueError(f"init.name={config.init.name!r} is a {kind!r} model; this config "
+                             f"needs a {wanted!r} model: one of {valid}.")
+    if (config[stages[0]].method not in FROM_SCRATCH_METHODS
             and config.init.format == "scratch"):
         raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
                          "init.format='scratch'; add a 'pretrain' stage first or set init.format "
                          f"to one of {list(INIT_FORMATS[1:])} with init.path.")
+
+
+def _check_dino_schedule(name, stage) -> None:
+    """DINO's teacher and center move by momentum only: the schedule must freeze them and train
+    the student (as DINO_SCHEDULE does)."""
+    from wlsft_jax import optim
+
+    paths = {"teacher": {"img": 0}, "center": 0, "student": {"img": 0}}
+    frozen = optim.frozen_mask(stage.optim, paths)
+    if not (frozen["teacher"]["img"] and frozen["center"]) or frozen["student"]["img"]:
+        raise ValueError(f"config.{name}.optim.schedule must freeze 'teacher/...' and 'center' "
+                         f"(they follow the student by momentum) and train 'student/...', e.g. "
+                         f"{DINO_SCHEDULE}.")
+
+
+def _check_init(init) -> None:
+    """`pretrained` names a model shipped in the package (init.name); every other format but
+    `scratch` reads init.path."""
+    from wlsft_jax import pretrained
+
+    name = init.get("name")
+    if init.format == "pretrained":
+        _choice(name, tuple(pretrained.MODELS), "init.name (a shipped pretrained model)")
+        if init.path:
+            raise ValueError(f"init.path={init.path!r} is not read with init.format='pretrained' "
+                             f"(init.name={name!r} is in the package); remove it.")
+        return
+    if name is not None:
+        raise ValueError(f"init.name={name!r} applies to init.format='pretrained' only; "
+                         f"init.format is {init.format!r}.")
+    if init.format != "scratch" and not init.path:
+        raise ValueError(f"init.format={init.format!r} needs init.path (a local or gs:// "
+                         "path to the weights).")
+
+
+def pretrained_init(name: str) -> ml_collections.ConfigDict:
+    """`config.init` starting from the shipped model `name` (wlsft_jax.pretrained)."""
+    return ml_collections.ConfigDict(dict(
+        format="pretrained", name=ml_collections.FieldReference(name, field_type=str),
+        path=ml_collections.config_dict.placeholder(str)))
 
 
 def _check_wls(config, stages) -> None:
@@ -109,6 +161,8 @@ def _check_wls(config, stages) -> None:
     from wlsft_jax.models import adapters
 
     wls_stages = [name for name in stages if config[name].method == "wls"]
+    if config[stages[-1]].method == "dino":
+        return _check_knn_eval(config)
     wls_keys = [key for key in WLS_EVAL_KEYS if key in config.eval]
     wls_keys += ["text_encoder"] * ("text_encoder" in config)
     wls_keys += [f"data.{key}" for key in WLS_CAPTION_KEYS if key in config.data]
@@ -142,10 +196,7 @@ def _check_wls(config, stages) -> None:
                          "its own tokenizer.json; set tokenizer.kind='hf_json'.")
     _choice(config.eval.representation, tuple(wls_experiment.REPRESENTATIONS),
             "eval.representation")
-    ks = tuple(config.eval.knn_ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
-        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
-    _choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
+    _check_knn_ks(config)
     if config.data.captions is not None:
         _choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
     else:
@@ -159,12 +210,14 @@ def _check_wls(config, stages) -> None:
                          f"dict(name='film'), one of {sorted(adapters.ADAPTERS)}.")
     _choice(dict(adapter).get("name"), tuple(adapters.ADAPTERS), f"adapter name of stage "
             f"{wls_stages[0]!r}")
-    if config.init.format not in ("scratch", "hf_vit"):
+    if config.init.format not in ("scratch", "hf_vit", "pretrained"):
         raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
-                         "'hf_vit' (e.g. DINO ViT-B/16) or 'scratch' with a stand-in stage first.")
+                         "'hf_vit' (e.g. DINO ViT-B/16), 'pretrained' (world_dino) or 'scratch' "
+                         "with a stand-in stage first.")
     before = stages[:-1]
-    if config.init.format == "hf_vit" and before:
-        raise ValueError(f"init.format='hf_vit' is the vision encoder; 'wls' is then the only "
+    if config.init.format in ("hf_vit", "pretrained") and before:
+        raise ValueError(f"init.format={config.init.format!r} is the vision encoder; 'wls' is "
+                         f"then the only "
                          f"stage, remove {list(before)}.")
     if config.init.format == "scratch" and (
             len(before) != 1 or config[before[0]].method != "supervised"):
@@ -177,11 +230,36 @@ def _check_wls(config, stages) -> None:
                          "stand-in feeds 'wls'); remove it.")
 
 
+def _check_knn_ks(config) -> None:
+    ks = tuple(config.eval.knn_ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
+        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
+    _choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
+
+
+def _check_knn_eval(config) -> None:
+    """A self-supervised (dino) config is judged by k-NN on the final-norm class token: it sets
+    eval.knn_ks and knn_report_k, and none of the classifier / text keys."""
+    missing = [f"eval.{key}" for key in ("knn_ks", "knn_report_k") if key not in config.eval]
+    if missing:
+        raise ValueError(f"A config whose last stage is 'dino' needs {missing}; start from "
+                         "recipes.dino_base().")
+    unread = [f"eval.{key}" for key in ("report_metrics", "templates", "representation")
+              if key in config.eval]
+    unread += [f"model.{key}" for key in ("txt", "embed_dim") if key in config.model]
+    if unread:
+        raise ValueError(f"Config key(s) {unread} are not read by a 'dino' config (it trains and "
+                         "judges an image tower by k-NN); remove them.")
+    _check_knn_ks(config)
+
+
 def _check_report_metrics(config, stages) -> None:
     """A classifier config names the metric the report tabulates for the ID and for the OOD
     datasets (eval.report_metrics; experiment.check_names checks that they are recorded); WLS
     reports k-NN top-1 at eval.knn_report_k and sets none."""
     present = "report_metrics" in config.eval
+    if config[stages[-1]].method == "dino":
+        return
     if config[stages[-1]].method == "wls":
         if present:
             raise ValueError("eval.report_metrics applies to classifier evaluation; a WLS config "
@@ -202,7 +280,10 @@ def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
     """Step counts and batch split of a stage, and its optimizer config (keys, names, warmup)."""
     from wlsft_jax import optim
 
-    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every",
+                "eval_every"):
+        if key not in stage:
+            continue
         if not isinstance(stage[key], int) or stage[key] < 1:
             raise ValueError(f"config.{name}.{key} must be a positive integer, got {stage[key]!r}.")
     if stage.batch_size % stage.accum_steps:
@@ -225,6 +306,8 @@ def world_data(**overrides) -> ml_collections.ConfigDict:
         id_domain="photo",
         ood_domains=tuple(d for d in world.DOMAINS if d != "photo"),
         pretrain_domains=tuple(world.DOMAINS),
+        # Copies of each pretraining domain per cycle of the mix (None: one each).
+        pretrain_domain_weights=ml_collections.config_dict.placeholder(tuple),
         train_examples_per_domain=20_000,
         eval_examples_per_domain=1_000,
         worker_count=2,
@@ -298,7 +381,8 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
                        vocab_path=ml_collections.config_dict.placeholder(str),
                        merges_path=ml_collections.config_dict.placeholder(str)),
         model=tiny_clip(),
-        init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str)),
+        init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str),
+                  name=ml_collections.config_dict.placeholder(str)),
         stages=tuple(stages),
         eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
@@ -311,8 +395,31 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
 
 def pretrain_stage(**overrides) -> ml_collections.ConfigDict:
     """Contrastive pretraining of the tiny CLIP on world captions from every domain."""
-    return stage("pretrain", steps=600, batch_size=128,
-                 optim=dict(lr=1e-3, wd=0.1, warmup_steps=50), **overrides)
+    optim_overrides = {"lr": 1e-3, "wd": 0.1, "warmup_steps": 50, **overrides.pop("optim", {})}
+    return stage("pretrain", **{"steps": 600, "batch_size": 128, **overrides},
+                 optim=optim_overrides)
+
+
+# DINO's teacher and output center move by momentum (`wlsft_jax.dino`), never by the optimizer.
+DINO_SCHEDULE = [("teacher/.*", None), ("center", None), ("student/.*", {})]
+
+
+def dino_stage(**overrides) -> ml_collections.ConfigDict:
+    """DINO self-distillation of the tiny image tower on the images of every world domain
+    (AdamW, DINO's weight decay 0.04 and gradient clipping at 3)."""
+    optim_overrides = {"lr": 1e-3, "wd": 0.04, "warmup_steps": 100, "grad_clip_norm": 3.0,
+                       "schedule": DINO_SCHEDULE, **overrides.pop("optim", {})}
+    return stage("dino", **{"steps": 600, "batch_size": 256, **overrides}, optim=optim_overrides)
+
+
+def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """`base()` for a self-supervised image tower judged by weighted k-NN (final-norm class
+    token, the ID training images as the bank): no text tower, no zero-shot head."""
+    config = base(stages=stages, **stage_configs)
+    del config.model["txt"], config.model["embed_dim"]
+    del config.eval["templates"], config.eval["report_metrics"], config.eval["alphas"]
+    config.eval.update(dict(knn_ks=(10, 20), knn_report_k=20))
+    return config
 
 
 def parse_arg(arg, valid):
@@ -409,7 +516,8 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
     _choice(task, tuple(REAL_TASKS), "real-data task")
     config = base(stages=stages, **stage_configs)
     config.init = ml_collections.ConfigDict(dict(
-        format="hf_clip", path=ml_collections.config_dict.placeholder(str)))
+        format="hf_clip", path=ml_collections.config_dict.placeholder(str),
+        name=ml_collections.config_dict.placeholder(str)))
     config.data = real_data(task)
     config.tokenizer = ml_collections.ConfigDict(dict(
         kind="clip_bpe", context_length=77,

@@ -72,15 +72,20 @@ def make_train_step(method, tx, frozen_mask, accum_steps):
         params = jax.tree.map(lambda frozen, old, new: old if frozen else new,
                               frozen_mask, params, updated)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        if method.after_step:
+            params, metrics = method.after_step(params, metrics, state["step"])
         return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
 
     return train_step
 
 
-def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer):
+def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer,
+        periodic_eval=None):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
 
     Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter.
+    `periodic_eval(params) -> {name: value}` runs every `stage_config.eval_every` steps (when
+    set) and at the last step; its values are logged and written under `<stage>/eval/`.
     """
     steps = stage_config.steps
     batch_size = stage_config.batch_size
@@ -166,6 +171,12 @@ def run(*, name, stage_config, method, init_params, mesh, workdir, seed, writer)
             scalars[f"{name}/steps_per_sec"] = steps_per_sec
             scalars[f"{name}/examples_per_sec"] = steps_per_sec * batch_size
             writer.write_scalars(step, scalars)
+        eval_every = stage_config.get("eval_every")
+        if periodic_eval and eval_every and (step % eval_every == 0 or step == steps):
+            values = periodic_eval(state["params"])
+            writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
+            logging.info("[%s] step %d: %s", name, step,
+                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         manager.save(step, state, data_iterator=data_iter, force=step == steps)
     manager.close()
     writer.flush()

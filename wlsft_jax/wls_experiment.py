@@ -26,11 +26,12 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
-from wlsft_jax import convert, experiment, interpolate, methods, optim, sharding, train
+from wlsft_jax import (convert, experiment, interpolate, methods, optim, pretrained, sharding,
+                       train)
 from wlsft_jax.data import captions, pipeline, tasks, transforms
 from wlsft_jax.evals import knn
+from wlsft_jax.evals.features import features, labelled_features
 from wlsft_jax.models import adapters, classifier, wls
 
 # eval.representation -> the features k-NN compares, from the image tower's (features, out).
@@ -75,6 +76,9 @@ def vision_encoder(config, *, task, tokenizer, mesh, workdir, writer) -> tuple[d
         model, params = convert.from_hf_vit(config.init.path, image_size=config.data.image_size,
                                             dtype_mm=config.model.dtype)
         return module_fields(model), params
+    if config.init.format == "pretrained":
+        model, params, _ = pretrained.load(config.init.name)
+        return module_fields(model), params
     name = config.stages[0]
     stage = config[name]
     image = dict(config.model.img, image_size=config.data.image_size, dtype_mm=config.model.dtype)
@@ -104,38 +108,6 @@ def initial_params(method, *, vision_params, text_params, replay_images, seed) -
         image_params = adapters.init_replay_tokens(image_tower, image_params, replay_images,
                                                    rng=jax.random.key(seed))
     return dict(params, img=image_params, txt=merged(params["txt"], text_params, "txt"))
-
-
-def features(features_fn, params, source, *, operations, input_key="image", batch_size, mesh,
-             worker_count) -> dict[str, np.ndarray]:
-    """Every record of `source` after `operations` (which keep `input_key`, the mask and any key
-    wanted back), in record order, whole on every process: {"features": features_fn(params,
-    the batch's inputs), and each other key the operations keep}.
-
-    Each process reads a contiguous share of the records (`pipeline.eval_batches`); every batch's
-    rows of each share are gathered from its process, so the order does not depend on how the
-    mesh lays the batch out (nor does k-NN's tie-breaking, by bank row, on the topology).
-    """
-    batch_spec = sharding.batch_sharding(mesh).spec
-    gathered = []
-    for batch in pipeline.eval_batches(source, batch_size=batch_size, operations=operations,
-                                       worker_count=worker_count):
-        inputs = sharding.put_batch(mesh, {input_key: batch.pop(input_key)})[input_key]
-        out = multihost_utils.global_array_to_host_local_array(
-            features_fn(params, inputs), mesh, batch_spec)
-        gathered.append(multihost_utils.process_allgather(dict(batch, features=np.asarray(out))))
-    # [processes, batches, rows, ...] -> rows of process 0's share, then process 1's, ...
-    rows = {key: np.stack([batch[key] for batch in gathered], axis=1) for key in gathered[0]}
-    rows = {key: value.reshape(-1, *value.shape[3:]) for key, value in rows.items()}
-    real = rows.pop(pipeline.MASK_KEY)
-    return {key: value[real] for key, value in rows.items()}
-
-
-def labelled_features(features_fn, params, eval_set, *, batch_size, mesh, worker_count):
-    """(features float32[N, D], labels int[N]) of every record of `eval_set`."""
-    out = features(features_fn, params, eval_set.source, operations=eval_set.operations,
-                   batch_size=batch_size, mesh=mesh, worker_count=worker_count)
-    return out["features"], out["label"]
 
 
 def caption_features(text_tower, text_params, source, *, tokenizer, batch_size, mesh,
