@@ -259,3 +259,24 @@ def test_bad_domain_weights_are_rejected(weights):
     with pytest.raises(ValueError, match="domain_weights"):
         world.WorldSource(split="train", domains=("photo", "sketch", "neon"),
                           examples_per_domain=2, domain_weights=weights)
+
+
+def test_world_eval_sets_render_each_record_once():
+    from wlsft_jax import recipes
+    from wlsft_jax.data import tasks
+
+    task = tasks.build(recipes.world_data(image_size=8, eval_examples_per_domain=4), seed=0)
+    eval_set = task.eval_sets[1]
+    calls = []
+    inner = eval_set.source._source
+    eval_set.source._source = type("Counting", (), {
+        "__len__": lambda self: len(inner),
+        "__getitem__": lambda self, i: calls.append(i) or inner[i]})()
+    first = [eval_set.source[i] for i in range(4)]
+    again = [eval_set.source[i] for i in range(4)]
+    assert calls == [0, 1, 2, 3]
+    expected = world.WorldSource(split="test", domains=eval_set.name, examples_per_domain=4,
+                                 image_size=8)
+    for a, b, c in zip(first, again, (expected[i] for i in range(4))):
+        np.testing.assert_array_equal(a["image"], c["image"])
+        assert a is b
