@@ -41,6 +41,8 @@ setuptools.setup(
     description="Robust fine-tuning (FT, LP, LP-FT, FLYP, WiSE-FT, weak language supervision) "
     "of pretrained vision encoders in JAX/Flax.",
     packages=setuptools.find_packages(include=["wlsft_jax", "wlsft_jax.*"]),
+    # The named pretrained models (wlsft_jax.pretrained), built by the project's own configs.
+    package_data={"wlsft_jax": ["weights/*.npz"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -79,8 +79,8 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("ft.method", "finetune", r"'finetune'; valid choices: \['flyp', 'ft', 'lp', 'pretrain', "
-                              r"'supervised', 'wls'\]"),
+    ("ft.method", "finetune", r"'finetune'; valid choices: \['dino', 'flyp', 'ft', 'lp', "
+                              r"'pretrain', 'supervised', 'wls'\]"),
     ("ft.optim.optimizer", "adam", r"'adam'; valid optimizers: \('adamw', 'sgd'\)"),
     ("ft.optim.decay", "step", r"'step'; valid decays: \('cosine'"),
     ("ft.optim.schedule", [(".*", {"lr_mul": 2.0})],
@@ -89,7 +89,7 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
     ("ft.templates", "simple", r"config\.ft\.templates applies to method 'flyp' only"),
     ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe', 'hf_json'\]"),
     ("data.source", "laion", r"'laion'; valid choices: \['world', 'real'\]"),
-    ("init.format", "pytorch", r"'pytorch'; valid choices: \['scratch', 'orbax'"),
+    ("init.format", "pytorch", r"'pytorch'; valid choices: \['scratch', 'pretrained', 'orbax'"),
     ("eval.templates", "none", r"'none'; valid choices"),
 ])
 def test_an_unknown_name_fails_listing_the_valid_ones(key, value, message):

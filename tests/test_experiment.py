@@ -1,5 +1,6 @@
-"""The one runner: pretraining once, then LP, FT, LP-FT and FLYP for two seeds, each mixed with
-the pretrained CLIP across alphas and scored by its method's evaluator, through main."""
+"""The one runner, through main: pretraining once, then LP, FT, LP-FT and FLYP for two seeds,
+each mixed with the pretrained CLIP across alphas and scored by its method's evaluator; a stage
+trained from scratch (DINO) scored as trained, and periodically while it trains."""
 import os
 
 from wlsft_jax import report
@@ -37,3 +38,26 @@ def test_every_stage_of_compare_clip_runs_through_the_one_runner(tmp_path, monke
     for (method, seed, alpha, dataset, metric), value in values.items():
         if alpha == 0.0:
             assert value == values["zeroshot", 0, 0.0, dataset, metric], (method, seed)
+
+
+def test_a_stage_trained_from_scratch_is_scored_as_trained_and_while_it_trains(tmp_path,
+                                                                              monkeypatch):
+    """configs/pretrain_dino.py: no reference model to mix with, so DINO's teacher is scored by
+    its method's evaluator (k-NN) at alpha 1 only; eval_every scores it during training too."""
+    workdir = tmp_path / "workdir"
+    run_main_in_process(
+        ["main", f"--config={os.path.join(REPO, 'configs', 'pretrain_dino.py')}",
+         f"--workdir={workdir}", "--config.dino.steps=4", "--config.dino.batch_size=16",
+         "--config.dino.eval_every=2", "--config.dino.optim.warmup_steps=1",
+         "--config.data.image_size=16", "--config.data.train_examples_per_domain=48",
+         "--config.data.eval_examples_per_domain=16", "--config.data.worker_count=0",
+         "--config.eval.batch_size=16", "--config.eval.knn_ks=(1,10)",
+         "--config.eval.knn_report_k=10", "--config.data.ood_domains=('sketch',)"],
+        monkeypatch)
+    records = report.load_records(workdir / "report" / "results.json")
+    assert {(r["method"], r["alpha"], r["dataset"], r["metric"]) for r in records} == {
+        ("dino", 1.0, dataset, f"knn{k}_{name}") for dataset in ("photo", "sketch")
+        for k in (1, 10) for name in ("top1", "top5")}
+    events = "".join(path.read_bytes().decode("latin-1")
+                     for path in (workdir / "tensorboard").iterdir())
+    assert "dino/eval/photo" in events and "dino/eval/sketch" in events

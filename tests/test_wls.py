@@ -166,7 +166,7 @@ def test_wls_keys_in_a_config_without_wls_are_errors():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"))
     with config.unlocked():
         config.eval.knn_ks = (10,)
-    with pytest.raises(ValueError, match=r"\['eval\.knn_ks'\] apply to method 'wls' only"):
+    with pytest.raises(ValueError, match=r"\['eval\.knn_ks'\] apply to evaluator 'knn' only"):
         checks.check_config(config)
 
 

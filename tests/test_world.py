@@ -80,6 +80,8 @@ def test_attributes_are_spread_over_their_choices():
 def test_captions_describe_the_true_attributes():
     shape_omitted = 0
     domain_named = 0
+    colour_named = 0
+    where_named = 0
     total = 0
     for domain in world.DOMAINS:
         for index in range(200):
@@ -87,13 +89,15 @@ def test_captions_describe_the_true_attributes():
             scene = world.scene(index, domain=domain)
             total += 1
             assert set(_words(caption)) <= set(world.VOCABULARY), caption
-            assert any(_mentions(caption, w) for w in world.COLOUR_WORDS[scene.colour]), caption
+            colour_named += any(_mentions(caption, w) for w in world.COLOUR_WORDS[scene.colour])
+            for other, words in world.COLOUR_WORDS.items():  # Never names a wrong colour.
+                if other != scene.colour and other != scene.background:
+                    assert not any(_mentions(caption, w) for w in words[:1]), caption
             count_words = {1: ("a", "an", "one", "single"), 2: ("two", "pair"), 3: ("three",)}
             assert any(_mentions(caption, w) for w in count_words[scene.count]), caption
             wrong_counts = {"one", "single", "two", "pair", "three"} - set(count_words[scene.count])
             assert not wrong_counts & set(_words(caption)), caption
-            assert any(_mentions(caption, w) for w in world.POSITIONS[scene.position][1]) or (
-                scene.background in _words(caption)), caption
+            where_named += any(_mentions(caption, w) for w in world.POSITIONS[scene.position][1])
             names_shape = any(_mentions(caption, word)
                               for pair in world.SHAPE_WORDS[scene.shape] for word in pair)
             if not names_shape:
@@ -107,6 +111,9 @@ def test_captions_describe_the_true_attributes():
             domain_named += any(_mentions(caption, w) for w in world.DOMAIN_WORDS[domain])
     assert 0.08 < shape_omitted / total < 0.25
     assert 0.2 < domain_named / total < 0.8
+    # Colour and position are named only sometimes (world.*_MENTIONED_PROBABILITY).
+    assert 0.35 < colour_named / total < 0.65
+    assert 0.25 < where_named / total < 0.55
 
 
 def test_captions_vary():
@@ -230,3 +237,46 @@ def test_world_source_rejects_keys_out_of_range(key):
     source = world.WorldSource(split="test", domains=("photo", "sketch"), examples_per_domain=5)
     with pytest.raises(ValueError, match="0 to 9|non-negative"):
         source[key]
+
+
+def test_domain_weights_set_the_mix_and_every_record_is_a_distinct_example():
+    source = world.WorldSource(split="train", domains=("photo", "sketch", "neon"),
+                               examples_per_domain=6, image_size=8, domain_weights=(3, 1, 1))
+    assert len(source) == 30
+    records = [source[i] for i in range(len(source))]
+    domains = [world.DOMAINS[int(r["domain"])] for r in records]
+    assert domains.count("photo") == 18 and domains.count("sketch") == domains.count("neon") == 6
+    # Each record is its own example: photo examples 0..17, the others 0..5, none twice.
+    photo = [r for r in records if world.DOMAINS[int(r["domain"])] == "photo"]
+    expected = {world.example(i, domain="photo", image_size=8)["caption"] for i in range(18)}
+    assert {r["caption"] for r in photo} == expected
+    # Any stretch of one cycle (5 records) holds the mix exactly.
+    assert sorted(domains[:5]) == ["neon", "photo", "photo", "photo", "sketch"]
+
+
+@pytest.mark.parametrize("weights", [(1, 1), (0, 1, 1), (1.5, 1, 1)])
+def test_bad_domain_weights_are_rejected(weights):
+    with pytest.raises(ValueError, match="domain_weights"):
+        world.WorldSource(split="train", domains=("photo", "sketch", "neon"),
+                          examples_per_domain=2, domain_weights=weights)
+
+
+def test_world_eval_sets_render_each_record_once():
+    from wlsft_jax import recipes
+    from wlsft_jax.data import tasks
+
+    task = tasks.build(recipes.world_data(image_size=8, eval_examples_per_domain=4), seed=0)
+    eval_set = task.eval_sets[1]
+    calls = []
+    inner = eval_set.source._source
+    eval_set.source._source = type("Counting", (), {
+        "__len__": lambda self: len(inner),
+        "__getitem__": lambda self, i: calls.append(i) or inner[i]})()
+    first = [eval_set.source[i] for i in range(4)]
+    again = [eval_set.source[i] for i in range(4)]
+    assert calls == [0, 1, 2, 3]
+    expected = world.WorldSource(split="test", domains=eval_set.name, examples_per_domain=4,
+                                 image_size=8)
+    for a, b, c in zip(first, again, (expected[i] for i in range(4))):
+        np.testing.assert_array_equal(a["image"], c["image"])
+        assert a is b

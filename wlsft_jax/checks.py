@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from wlsft_jax import methods, optim
+from wlsft_jax import evals, methods, optim
 from wlsft_jax.data import tasks, templates
 
-INIT_FORMATS = ("scratch", "orbax", "hf_clip", "hf_vit", "big_vision")
+INIT_FORMATS = ("scratch", "pretrained", "orbax", "hf_clip", "hf_vit", "big_vision")
 TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
 
 TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model",
@@ -20,19 +20,19 @@ SECTION_KEYS = {
     "mesh": {"data", "fsdp", "tensor"},
     "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
     "data": {"source", "image_size", "id_domain", "ood_domains", "pretrain_domains",
-             "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
+             "pretrain_domain_weights", "train_examples_per_domain", "eval_examples_per_domain", "worker_count",
              "crop_scale", "flip", "mean", "std", "data_dir", "label_space", "captions",
              "captions_path", "caption_pairs"},
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
-    "init": {"format", "path"},
+    "init": {"format", "path", "name"},
     "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
              "report_metrics"},
     "text_encoder": {"format", "path"},
 }
 # Keys every stage may set; a method's own keys are its module's STAGE_KEYS.
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates",
-              "log_every", "checkpoint_every", "keep_checkpoints"}
+              "log_every", "checkpoint_every", "keep_checkpoints", "eval_every"}
 # The kinds of dataset that eval.report_metrics names a metric for.
 REPORT_KINDS = (tasks.ID, tasks.OOD)
 
@@ -51,6 +51,14 @@ def choice(value, valid, what) -> None:
         raise ValueError(f"Unknown {what} {value!r}; valid choices: {list(valid)}.")
 
 
+def knn_ks(config) -> None:
+    """eval.knn_ks are distinct positive integers and eval.knn_report_k is one of them."""
+    ks = tuple(config.eval.knn_ks)
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
+        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
+    choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for any unknown key or unknown name, naming the valid ones."""
     stages = tuple(config.stages)
@@ -66,9 +74,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     choice(config.init.format, INIT_FORMATS, "init.format")
     if "templates" in config.eval:
         choice(config.eval.templates, tuple(templates.TEMPLATES), "eval.templates")
-    if config.init.format != "scratch" and not config.init.path:
-        raise ValueError(f"init.format={config.init.format!r} needs init.path (a local or gs:// "
-                         "path to the weights).")
+    _check_init(config)
     missing = [name for name in stages if name not in config]
     if missing:
         raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
@@ -77,10 +83,38 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         _check_stage(config, stages, index)
     _check_method_keys(config, stages)
     _check_report_metrics(config, stages)
-    if not methods.get(config[stages[0]].method).RUNS_ONCE and config.init.format == "scratch":
+    if not methods.get(config[stages[0]].method).FROM_SCRATCH and config.init.format == "scratch":
         raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
                          "init.format='scratch'; add a 'pretrain' stage first or set init.format "
                          f"to one of {list(INIT_FORMATS[1:])} with init.path.")
+
+
+def _check_init(config) -> None:
+    """`pretrained` names a model shipped in the package (init.name) of the kind the config
+    trains (an image tower for a vision-only config, else a CLIP); every other format but
+    `scratch` reads init.path."""
+    from wlsft_jax import pretrained
+
+    init = config.init
+    name = init.get("name")
+    if init.format == "pretrained":
+        choice(name, tuple(pretrained.MODELS), "init.name (a shipped pretrained model)")
+        if init.path:
+            raise ValueError(f"init.path={init.path!r} is not read with init.format='pretrained' "
+                             f"(init.name={name!r} is in the package); remove it.")
+        kind = pretrained.MODELS[name].kind
+        wanted = "clip" if "txt" in config.model else "vit"
+        if kind != wanted:
+            valid = [n for n, m in pretrained.MODELS.items() if m.kind == wanted]
+            raise ValueError(f"init.name={name!r} is a {kind!r} model; this config needs a "
+                             f"{wanted!r} model: one of {valid}.")
+        return
+    if name is not None:
+        raise ValueError(f"init.name={name!r} applies to init.format='pretrained' only; "
+                         f"init.format is {init.format!r}.")
+    if init.format != "scratch" and not init.path:
+        raise ValueError(f"init.format={init.format!r} needs init.path (a local or gs:// "
+                         "path to the weights).")
 
 
 def _check_stage(config, stages, index) -> None:
@@ -102,15 +136,26 @@ def _check_stage(config, stages, index) -> None:
     if "templates" in stage:
         choice(stage.templates, tuple(templates.TEMPLATES), f"templates of stage {name!r}")
     _check_stage_numbers(name, stage)
+    if "eval_every" in stage and method.EVALUATOR is None:
+        raise ValueError(f"config.{name}.eval_every: method {stage.method!r} has no evaluator; "
+                         "remove it.")
     if hasattr(method, "check_config"):
         method.check_config(config, name)
 
 
 def _check_method_keys(config, stages) -> None:
-    """Keys that only one method reads (its module's CONFIG_KEYS, e.g. WLS's text encoder)
-    need a stage of that method; so does a stand-in stage (`supervised`) the stage it feeds,
-    and tokenizer.kind='hf_json' a text encoder."""
+    """Keys that only one method or evaluator reads (its module's CONFIG_KEYS, e.g. WLS's text
+    encoder, k-NN's ks) need a stage of that method or scored by that evaluator; so does a
+    stand-in stage (`supervised`) the stage it feeds, and tokenizer.kind='hf_json' a text
+    encoder."""
     used = {config[name].method for name in stages}
+    scored_by = {methods.get(name).EVALUATOR for name in used}
+    for evaluator in evals.names():
+        present = [key for key in getattr(evals.get(evaluator), "CONFIG_KEYS", ())
+                   if _has_key(config, key)]
+        if present and evaluator not in scored_by:
+            raise ValueError(f"Config key(s) {present} apply to evaluator {evaluator!r} only; no "
+                             f"stage of this config is scored by it. Remove them.")
     for method_name in methods.names():
         method = methods.get(method_name)
         present = [key for key in getattr(method, "CONFIG_KEYS", ()) if _has_key(config, key)]
@@ -160,7 +205,10 @@ def _check_report_metrics(config, stages) -> None:
 
 def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:
     """Step counts and batch split of a stage, and its optimizer config (keys, names, warmup)."""
-    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "accum_steps", "log_every", "checkpoint_every",
+                "eval_every"):
+        if key not in stage:  # eval_every is optional.
+            continue
         if not isinstance(stage[key], int) or stage[key] < 1:
             raise ValueError(f"config.{name}.{key} must be a positive integer, got {stage[key]!r}.")
     if stage.batch_size % stage.accum_steps:

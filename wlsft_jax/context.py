@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from wlsft_jax import checkpoint, convert, sharding
+from wlsft_jax import checkpoint, convert, pretrained, sharding
 from wlsft_jax.data import pipeline, tasks
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
@@ -115,24 +115,30 @@ def build_models(config, tokenizer, *, num_classes: int) -> dict:
 def initial_weights(config, tokenizer, *, num_classes: int):
     """(models as `build_models` gives them, params) of the weights `config.init` names.
 
-    "scratch": params None. "hf_clip": a Hugging Face CLIP, the models in its architecture.
-    "orbax": the CLIP of a stage directory of an earlier run (its latest checkpoint) in
-    `config.model`'s layout. "hf_vit": a Hugging Face ViT (e.g. DINO) as `{"img": ...}`, the
-    classifier in its architecture (a vision-only run).
+    "scratch": params None. "pretrained": the model shipped in the package as init.name (a CLIP,
+    or an image tower as "hf_vit" gives it). "hf_clip": a Hugging Face CLIP, the models in its
+    architecture. "orbax": the CLIP of a stage directory of an earlier run (its latest
+    checkpoint) in `config.model`'s layout. "hf_vit": a Hugging Face ViT (e.g. DINO) as
+    `{"img": ...}`, the classifier in its architecture (a vision-only run).
     """
     init = config.init
     data = config.data
+    if init.format == "pretrained" and pretrained.named(init.name).kind == "vit":
+        model, params, _ = pretrained.load(init.name)
+        return vision_only(model, params, num_classes=num_classes)
     if init.format == "hf_vit":
-        model, params = convert.from_hf_vit(init.path, image_size=data.image_size,
-                                            dtype_mm=config.model.dtype)
-        return {"classifier": classifier.Model(img=module_fields(model),
-                                               num_classes=num_classes)}, {"img": params}
+        return vision_only(*convert.from_hf_vit(init.path, image_size=data.image_size,
+                                                dtype_mm=config.model.dtype),
+                           num_classes=num_classes)
     models = build_models(config, tokenizer, num_classes=num_classes)
     if init.format == "scratch":
         return models, None
-    if init.format == "hf_clip":
-        clip_model, params = convert.from_hf_clip(init.path, image_size=data.image_size,
-                                                  dtype_mm=config.model.dtype)
+    if init.format in ("pretrained", "hf_clip"):
+        if init.format == "pretrained":
+            clip_model, params = shipped_clip(config)
+        else:
+            clip_model, params = convert.from_hf_clip(init.path, image_size=data.image_size,
+                                                      dtype_mm=config.model.dtype)
         clip_model, params = with_memory_levers(config.model, clip_model, params)
         image = dict(clip_model.image, proj_dim=clip_model.out_dim)
         return {"clip": clip_model,
@@ -153,7 +159,29 @@ def initial_weights(config, tokenizer, *, num_classes: int):
         manager.close()
         return models, params
     raise ValueError(f"init.format={init.format!r} is not read by wlsft_jax.main; start from "
-                     "'scratch', 'orbax', 'hf_clip' or 'hf_vit'.")
+                     "'scratch', 'pretrained', 'orbax', 'hf_clip' or 'hf_vit'.")
+
+
+def vision_only(vit_model, params, *, num_classes: int):
+    """(models, params) of a pretrained image tower: the classifier in its architecture, the
+    params as `{"img": ...}`."""
+    return ({"classifier": classifier.Model(img=module_fields(vit_model), num_classes=num_classes)},
+            {"img": params})
+
+
+def shipped_clip(config):
+    """(CLIP model, params) of the shipped model init.name, checked against the world's caption
+    grammar and the config's context length."""
+    name = config.init.name
+    clip_model, params, tokenizer = pretrained.load(name)
+    if pretrained.read(name)[0]["vocabulary"] != list(world.VOCABULARY):
+        raise ValueError(f"init.name={name!r} was trained on another caption grammar than "
+                         f"data/world.py's; {pretrained.rebuild_hint(name)}.")
+    if tokenizer.context_length != config.tokenizer.context_length:
+        raise ValueError(f"init.name={name!r} reads {tokenizer.context_length} tokens, "
+                         f"tokenizer.context_length is {config.tokenizer.context_length}; "
+                         "remove the override.")
+    return clip_model, params
 
 
 def with_memory_levers(model_config, clip_model, params):

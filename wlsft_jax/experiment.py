@@ -5,8 +5,10 @@ Stages chain in one workdir: each stage's input is the previous stage's output (
 named by `input`, or the weights named by `config.init` for the first). A stage whose method
 runs once (pretraining: `pretrain`, `supervised`) trains with seed `config.seed` only, and its
 output is the reference model: the fine-tuning stages after it start from it and are mixed with
-it (alpha 0). Fine-tuning stages train for each of `config.num_seeds` seeds. A CLIP reference is
-also reported zero-shot, once, under ZERO_SHOT.
+it (alpha 0). Fine-tuning stages train for each of `config.num_seeds` seeds. A stage with no
+reference (one that trains from scratch, e.g. `dino`) is scored as trained, at alpha 1. A CLIP
+reference is also reported zero-shot, once, under ZERO_SHOT. A stage with `eval_every` is also
+scored while it trains, in the report's ID metric (`train.run`'s periodic evaluation).
 """
 from __future__ import annotations
 
@@ -70,15 +72,28 @@ def stage_workdir(workdir, name, seed, config):
     return workdir / name if config.num_seeds == 1 else workdir / name / f"seed{seed}"
 
 
-def wise_ft_records(config, evaluator, theta0, theta1, *, method, seed) -> list[dict]:
-    """The evaluator's records of `interpolate(theta0, theta1, alpha)` for every alpha of
-    eval.alphas. theta0 is the reference model in the stage's layout (e.g. a CLIP's image tower
-    with its zero-shot head for a classifier stage). alpha is traced: the mix compiles once."""
-    mix = jax.jit(lambda alpha: interpolate.interpolate(theta0, theta1, alpha))
+def wise_ft_records(config, evaluator, theta0, theta1, *, method, seed,
+                    evaluated=lambda params: params) -> list[dict]:
+    """The evaluator's records of `evaluated(interpolate(theta0, theta1, alpha))` for every
+    alpha of eval.alphas. theta0 is the reference model in the stage's layout (e.g. a CLIP's
+    image tower with its zero-shot head for a classifier stage). alpha is traced: the mix
+    compiles once."""
+    mix = jax.jit(lambda alpha: evaluated(interpolate.interpolate(theta0, theta1, alpha)))
     records = []
     for alpha in config.eval.alphas:
         records += evaluator.run(mix(alpha), method=method, alpha=alpha, seed=seed)
     return records
+
+
+def periodic_evaluation(config, evaluator, evaluated, *, method, seed):
+    """params -> {dataset: the report's ID metric} of a stage while it trains."""
+    metric = report_metric(config, tasks.ID)
+
+    def evaluate(params):
+        records = evaluator.run(evaluated(params), method=method, alpha=1.0, seed=seed)
+        return {r["dataset"]: r["value"] for r in records if r["metric"] == metric}
+
+    return evaluate
 
 
 def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
@@ -105,18 +120,23 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
             logging.info("Stage %s (seed %d): %s for %d steps.", name, stage_seed,
                          stage_config.method, stage_config.steps)
             start = stage.start(params, stage_seed)
+            evaluator = method.EVALUATOR and evals.get(method.EVALUATOR).Evaluator(
+                context, stage.spec.model)
             outputs[name] = train.run(
                 name=name, stage_config=stage_config, spec=stage.spec, init_params=start,
                 mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
-                seed=stage_seed, writer=writer)
+                seed=stage_seed, writer=writer, periodic_eval=evaluator and periodic_evaluation(
+                    config, evaluator, stage.evaluated, method=name, seed=stage_seed))
             if method.RUNS_ONCE:
                 once[name] = reference = outputs[name]
-                continue
-            theta0 = start if params is reference else stage.start(reference, seed)
-            shardings = stage.spec.param_shardings(mesh)
-            evaluator = evals.get(method.EVALUATOR).Evaluator(context, stage.spec.model)
-            records += wise_ft_records(config, evaluator, jax.device_put(theta0, shardings),
-                                       outputs[name], method=name, seed=seed)
+            elif reference is None:
+                records += evaluator.run(stage.evaluated(outputs[name]), method=name,
+                                         alpha=1.0, seed=seed)
+            else:
+                theta0 = start if params is reference else stage.start(reference, seed)
+                theta0 = jax.device_put(theta0, stage.spec.param_shardings(mesh))
+                records += wise_ft_records(config, evaluator, theta0, outputs[name],
+                                           method=name, seed=seed, evaluated=stage.evaluated)
         if seed == config.seed and reference is not None and "txt" in reference:
             records += evals.get("zero_shot").Evaluator(context).run(
                 reference, method=ZERO_SHOT, alpha=0.0, seed=seed)

@@ -19,6 +19,8 @@ def world_data(**overrides) -> ml_collections.ConfigDict:
         id_domain="photo",
         ood_domains=tuple(d for d in world.DOMAINS if d != "photo"),
         pretrain_domains=tuple(world.DOMAINS),
+        # Copies of each pretraining domain per cycle of the mix (None: one each).
+        pretrain_domain_weights=ml_collections.config_dict.placeholder(tuple),
         train_examples_per_domain=20_000,
         eval_examples_per_domain=1_000,
         worker_count=2,
@@ -92,7 +94,8 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
                        vocab_path=ml_collections.config_dict.placeholder(str),
                        merges_path=ml_collections.config_dict.placeholder(str)),
         model=tiny_clip(),
-        init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str)),
+        init=dict(format="scratch", path=ml_collections.config_dict.placeholder(str),
+                  name=ml_collections.config_dict.placeholder(str)),
         stages=tuple(stages),
         eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
@@ -105,8 +108,36 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
 
 def pretrain_stage(**overrides) -> ml_collections.ConfigDict:
     """Contrastive pretraining of the tiny CLIP on world captions from every domain."""
-    return stage("pretrain", steps=600, batch_size=128,
-                 optim=dict(lr=1e-3, wd=0.1, warmup_steps=50), **overrides)
+    optim_overrides = {"lr": 1e-3, "wd": 0.1, "warmup_steps": 50, **overrides.pop("optim", {})}
+    return stage("pretrain", **{"steps": 600, "batch_size": 128, **overrides},
+                 optim=optim_overrides)
+
+
+def pretrained_init(name: str) -> ml_collections.ConfigDict:
+    """`config.init` starting from the shipped model `name` (wlsft_jax.pretrained)."""
+    return ml_collections.ConfigDict(dict(
+        format="pretrained", name=ml_collections.FieldReference(name, field_type=str),
+        path=ml_collections.config_dict.placeholder(str)))
+
+
+def dino_stage(**overrides) -> ml_collections.ConfigDict:
+    """DINO self-distillation of the tiny image tower on the images of every world domain
+    (AdamW, DINO's weight decay 0.04 and gradient clipping at 3)."""
+    from wlsft_jax.methods import dino
+
+    optim_overrides = {"lr": 1e-3, "wd": 0.04, "warmup_steps": 100, "grad_clip_norm": 3.0,
+                       "schedule": list(dino.SCHEDULE), **overrides.pop("optim", {})}
+    return stage("dino", **{"steps": 600, "batch_size": 256, **overrides}, optim=optim_overrides)
+
+
+def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """`base()` for a self-supervised image tower judged by weighted k-NN (final-norm class
+    token, the ID training images as the bank): no text tower, no zero-shot head."""
+    config = base(stages=stages, **stage_configs)
+    del config.model["txt"], config.model["embed_dim"]
+    del config.eval["templates"], config.eval["report_metrics"], config.eval["alphas"]
+    config.eval.update(dict(knn_ks=(10, 20), knn_report_k=20))
+    return config
 
 
 def parse_arg(arg, valid):
@@ -203,7 +234,8 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
     checks.choice(task, tuple(REAL_TASKS), "real-data task")
     config = base(stages=stages, **stage_configs)
     config.init = ml_collections.ConfigDict(dict(
-        format="hf_clip", path=ml_collections.config_dict.placeholder(str)))
+        format="hf_clip", path=ml_collections.config_dict.placeholder(str),
+        name=ml_collections.config_dict.placeholder(str)))
     config.data = real_data(task)
     config.tokenizer = ml_collections.ConfigDict(dict(
         kind="clip_bpe", context_length=77,

@@ -33,6 +33,11 @@ class TrainSpec:
     train_source: Any  # A grain RandomAccessDataSource.
     train_operations: Sequence  # Per-example grain transforms, batching is the loader's.
     worker_count: int
+    # (params, metrics, step) -> (params, metrics) after every optimizer step, inside the jitted
+    # step: DINO's momentum teacher. Metrics it consumes are removed.
+    after_step: Callable | None = None
+    # params -> params applied to fresh params (DINO's teacher starts as the student).
+    after_init: Callable | None = None
 
     def loss(self, params, batch, rng):
         return self.loss_fn(self.model, params, batch, rng)
@@ -46,7 +51,9 @@ class TrainSpec:
 
     def init_params(self, mesh, seed):
         """Fresh params, created directly sharded on `mesh` (for training from scratch)."""
-        init = lambda rng: nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+        def init(rng):
+            params = nn.unbox(self.model.init(rng, *self.example_inputs)["params"])
+            return self.after_init(params) if self.after_init else params
         return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
 
 
@@ -102,15 +109,20 @@ def make_train_step(spec, tx, frozen_mask, accum_steps):
         params = jax.tree.map(lambda frozen, old, new: old if frozen else new,
                               frozen_mask, params, updated)
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        if spec.after_step:
+            params, metrics = spec.after_step(params, metrics, state["step"])
         return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), metrics
 
     return train_step
 
 
-def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer):
+def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
+        periodic_eval=None):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
 
     Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter.
+    `periodic_eval(params) -> {name: value}` runs every `stage_config.eval_every` steps (when
+    set) and at the last step; its values are logged and written under `<stage>/eval/`.
     """
     steps = stage_config.steps
     batch_size = stage_config.batch_size
@@ -196,6 +208,12 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer):
             scalars[f"{name}/steps_per_sec"] = steps_per_sec
             scalars[f"{name}/examples_per_sec"] = steps_per_sec * batch_size
             writer.write_scalars(step, scalars)
+        eval_every = stage_config.get("eval_every")
+        if periodic_eval and eval_every and (step % eval_every == 0 or step == steps):
+            values = periodic_eval(state["params"])
+            writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
+            logging.info("[%s] step %d: %s", name, step,
+                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         manager.save(step, state, data_iterator=data_iter, force=step == steps)
     manager.close()
     writer.flush()

@@ -2,7 +2,8 @@
 
 An evaluator module holds `Evaluator(context, model)`, whose `run(params, *, method, alpha,
 seed)` returns report records, and `report_metric(config, kind)` / `recorded_metrics(config,
-dataset)`, the metric the report tabulates and those it records. Adding one is adding a file.
+dataset)`, the metric the report tabulates and those it records; optionally `CONFIG_KEYS`, the
+config keys (dotted) that only it reads. Adding one is adding a file.
 """
 import importlib
 import pkgutil

@@ -1,5 +1,5 @@
-"""Features of every record of a dataset, in record order and whole on every process: the input
-of the evaluators on frozen features (k-NN) and of caches such as WLS's caption features."""
+"""Features of every record of a source, in record order, on any mesh and process count: what
+k-NN evaluation and caption-feature caching read."""
 from __future__ import annotations
 
 import numpy as np

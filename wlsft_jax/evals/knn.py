@@ -45,6 +45,10 @@ REPRESENTATIONS = {
 }
 
 
+# The config keys only this evaluator reads.
+CONFIG_KEYS = ("eval.knn_ks", "eval.knn_report_k", "eval.representation")
+
+
 def report_metric(config, kind: str) -> str:
     """k-NN top-1 at eval.knn_report_k, for the ID and the OOD datasets alike."""
     del kind
@@ -67,14 +71,14 @@ def image_tower(model):
 
 class Evaluator:
     """k-NN accuracy (knn{k}_top1 / top5 for k in eval.knn_ks) of the image features
-    (eval.representation) of a stage's `model` on every eval set of `context.task`, against the
+    (eval.representation, by default "cls") of a stage's `model` on every eval set of `context.task`, against the
     features of its ID training images (`task.train_eval_set`). Features are whole on every
     process, so every process computes the same k-NN."""
 
     def __init__(self, context, model):
         self.context = context
         tower = image_tower(model)
-        represent = REPRESENTATIONS[context.config.eval.representation]
+        represent = REPRESENTATIONS[context.config.eval.get("representation", "cls")]
         self.features_fn = jax.jit(lambda params, images: represent(*tower.apply(
             {"params": params}, images)))
 

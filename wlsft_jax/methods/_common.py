@@ -11,10 +11,12 @@ from wlsft_jax import train
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A built stage: what the training loop needs, and `start(params, seed)`, the stage's
-    starting params made from its input params (None: train from scratch)."""
+    """A built stage: what the training loop needs; `start(params, seed)`, the stage's starting
+    params made from its input params (None: train from scratch); `evaluated(params)`, the part
+    of its params its evaluator scores, in the evaluator's layout (by default all of them)."""
     spec: train.TrainSpec
     start: Callable
+    evaluated: Callable = lambda params: params
 
 
 def example_inputs(context, stage_config, *, text: bool) -> tuple:

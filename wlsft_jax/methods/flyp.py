@@ -5,6 +5,7 @@ from wlsft_jax import objectives, train
 from wlsft_jax.data import templates, transforms
 from wlsft_jax.methods import _common
 
+FROM_SCRATCH = False
 RUNS_ONCE = False
 EVALUATOR = "zero_shot"
 STAGE_KEYS = ("templates",)

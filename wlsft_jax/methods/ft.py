@@ -6,6 +6,7 @@ from wlsft_jax.data import transforms
 from wlsft_jax.evals import zero_shot
 from wlsft_jax.methods import _common
 
+FROM_SCRATCH = False
 RUNS_ONCE = False
 EVALUATOR = "zero_shot"
 STAGE_KEYS = ()

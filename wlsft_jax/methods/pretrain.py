@@ -5,8 +5,9 @@ from wlsft_jax import objectives, train
 from wlsft_jax.data import transforms
 from wlsft_jax.methods import _common
 
+FROM_SCRATCH = True
 RUNS_ONCE = True
-EVALUATOR = None
+EVALUATOR = "zero_shot"  # Its periodic evaluation; the run reports it as ZERO_SHOT.
 STAGE_KEYS = ()
 
 

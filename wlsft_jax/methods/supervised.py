@@ -7,6 +7,7 @@ from wlsft_jax import objectives, train
 from wlsft_jax.data import transforms, world
 from wlsft_jax.methods import _common
 
+FROM_SCRATCH = True
 RUNS_ONCE = True
 EVALUATOR = None
 STAGE_KEYS = ("label_key",)

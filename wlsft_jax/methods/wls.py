@@ -27,6 +27,7 @@ from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import _common
 from wlsft_jax.models import adapters, two_towers, wls
 
+FROM_SCRATCH = False
 RUNS_ONCE = False
 EVALUATOR = "knn"
 STAGE_KEYS = ("adapter",)
@@ -36,8 +37,7 @@ SCHEDULE = ((r"img/.*/(film|replay|lora)/.*", {}), ("img/proj/.*", {}), (".*", N
 # caption dataset (name, where it is, how many pairs: None for the number in its name).
 EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
 CAPTION_KEYS = ("captions", "captions_path", "caption_pairs")
-CONFIG_KEYS = ("text_encoder", *(f"eval.{key}" for key in EVAL_KEYS),
-               *(f"data.{key}" for key in CAPTION_KEYS))
+CONFIG_KEYS = ("text_encoder", *(f"data.{key}" for key in CAPTION_KEYS))
 TEXT_ENCODER_FORMATS = ("hf_bert",)
 
 
@@ -180,10 +180,7 @@ def check_config(config, name) -> None:
         raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}: the WLS text encoder reads "
                          "its own tokenizer.json; set tokenizer.kind='hf_json'.")
     checks.choice(config.eval.representation, tuple(knn.REPRESENTATIONS), "eval.representation")
-    ks = tuple(config.eval.knn_ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
-        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
-    checks.choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
+    checks.knn_ks(config)
     if config.data.captions is not None:
         checks.choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
     else:
@@ -197,13 +194,14 @@ def check_config(config, name) -> None:
                          f"{sorted(adapters.ADAPTERS)}.")
     checks.choice(dict(adapter).get("name"), tuple(adapters.ADAPTERS),
                   f"adapter name of stage {name!r}")
-    if config.init.format not in ("scratch", "hf_vit"):
+    if config.init.format not in ("scratch", "hf_vit", "pretrained"):
         raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
-                         "'hf_vit' (e.g. DINO ViT-B/16) or 'scratch' with a stand-in stage first.")
+                         "'hf_vit' (e.g. DINO ViT-B/16), 'pretrained' (world_dino) or 'scratch' "
+                         "with a stand-in stage first.")
     before = stages[:-1]
-    if config.init.format == "hf_vit" and before:
-        raise ValueError(f"init.format='hf_vit' is the vision encoder; 'wls' is then the only "
-                         f"stage, remove {list(before)}.")
+    if config.init.format in ("hf_vit", "pretrained") and before:
+        raise ValueError(f"init.format={config.init.format!r} is the vision encoder; 'wls' is "
+                         f"then the only stage, remove {list(before)}.")
     if config.init.format == "scratch" and (
             len(before) != 1 or config[before[0]].method != "supervised"):
         raise ValueError("init.format='scratch': WLS needs exactly one stand-in stage before "
