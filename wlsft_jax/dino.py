@@ -15,10 +15,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GLOBAL_VIEWS, LOCAL_VIEWS = 2, 4
 GLOBAL_SCALE, LOCAL_SCALE = (0.35, 1.0), (0.1, 0.35)
-CHANNEL_ORDERS = jnp.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+# NumPy, not jax: importing this module must not start the XLA backend before a multi-host run
+# calls jax.distributed.initialize().
+CHANNEL_ORDERS = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _jitter_one(image, rng):
     jittered = mean + (jittered - mean) * jax.random.uniform(c_rng, (), minval=0.6, maxval=1.4)
     jittered = grey(jittered) + (jittered - grey(jittered)) * jax.random.uniform(
         s_rng, (), minval=0.6, maxval=1.4)
-    jittered = jittered[..., CHANNEL_ORDERS[jax.random.randint(order_rng, (), 0, 6)]]
+    jittered = jittered[..., jnp.asarray(CHANNEL_ORDERS)[jax.random.randint(order_rng, (), 0, 6)]]
     image = jnp.where(jax.random.bernoulli(apply_rng, 0.8), jittered, image)
     image = jnp.where(jax.random.bernoulli(gray_rng, 0.2),
                       jnp.broadcast_to(grey(image), image.shape), image)
