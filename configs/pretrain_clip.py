@@ -7,7 +7,7 @@ r"""Contrastive pretraining of the tiny CLIP on the embedded world's captions (a
 weighted toward photo (4 photo records for each one of the other domains), as CLIP's web data
 holds far more photos than sketches or paintings, so its zero-shot accuracy is lower OOD than
 ID. Zero-shot top-1 per domain is logged every `eval_every` steps. Export the finished run with
-`python -m wlsft_jax.pretrained export world_clip --workdir=WORKDIR`.
+`python -m wlsft_jax.model_cards export world_clip --workdir=WORKDIR`.
 
 Expected: see README.md's world_clip model card (zero-shot per domain, wall time).
 """
@@ -19,7 +19,7 @@ def get_config(arg=None):
     if arg == "world":
         return recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage())
     config = recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage(
-        steps=4_000, batch_size=256, eval_every=500, checkpoint_every=250,
+        steps=2_000, batch_size=256, eval_every=500, checkpoint_every=250,
         optim=dict(lr=1e-3, wd=0.1, warmup_steps=200)))
     config.data.pretrain_domain_weights = (4, 1, 1, 1, 1)
     return config

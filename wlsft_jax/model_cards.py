@@ -71,13 +71,14 @@ def _images(source, batch_size):
 def card(name: str, *, examples: int = 1000, batch_size: int = 500) -> dict[str, float]:
     """{domain: top-1} of the shipped model `name` (see the module docstring)."""
     model, params, tokenizer = pretrained.load(name)
-    image_size = (model.image if pretrained.named(name).kind == "clip" else model).image_size
+    is_clip = pretrained.named(name).kind == "clip"
+    image_size = model.image["image_size"] if is_clip else model.image_size
 
     def source(split, domain, count):
         return world.WorldSource(split=split, domains=domain, examples_per_domain=count,
                                  image_size=image_size)
 
-    if pretrained.named(name).kind == "clip":
+    if is_clip:
         tokens = jnp.asarray(zero_shot.class_prompt_tokens(
             tokenizer, world.CLASSES, templates.SIMPLE_TEMPLATES))
         head = zero_shot.zero_shot_head(model, params, tokens)

@@ -5,10 +5,10 @@
 
 - `world_clip`: the tiny CLIP (two towers) pretrained contrastively on the embedded world's
   captions (`configs/pretrain_clip.py:long`); `tokenizer` is the world's word-level tokenizer.
-- `world_dino`: a ViT pretrained by DINO self-distillation on the world's images with no text
-  and no labels (`configs/pretrain_dino.py`), the stand-in for DINO ViT-B/16; `model` is a
-  `vit.Model` (`features, out = model.apply(...)`; DINO's k-NN reads `out["encoded"][:, 0]`)
-  and `tokenizer` is None.
+- A "vit" kind (an image tower: `model` is a `vit.Model`, `features, out = model.apply(...)`,
+  DINO's k-NN reads `out["encoded"][:, 0]`; `tokenizer` is None) is what `world_dino`, the
+  DINO stand-in trained by `configs/pretrain_dino.py`, will be once a run of it is exported
+  (not shipped yet: README, "Pretrained world models").
 
 Each file is an `.npz` of the params flattened to "/"-joined names (the layout big_vision's npz
 checkpoints use, with our parameter names) plus the model's fields as JSON under `__model__`;
@@ -47,10 +47,10 @@ class Named:
 
 
 MODELS = {
-    "world_clip": Named(file="world_clip.npz", sha256="", kind="clip",
+    "world_clip": Named(file="world_clip.npz",
+                        sha256="dbbcd274493fe8da5608ecb6d3a3aff1c500c060b8fbcde0e462a642e8120859",
+                        kind="clip",
                         config="configs/pretrain_clip.py:long", stage="pretrain"),
-    "world_dino": Named(file="world_dino.npz", sha256="", kind="vit",
-                        config="configs/pretrain_dino.py", stage="dino"),
 }
 
 
