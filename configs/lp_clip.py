@@ -19,4 +19,4 @@ def get_config(arg=None):
     if arg != "world":
         lp.batch_size = recipes.REAL_TASKS[arg]["batch_size"]
         return recipes.real_clip(arg, stages=("lp",), lp=lp)
-    return recipes.base(stages=("pretrain", "lp"), pretrain=recipes.pretrain_stage(), lp=lp)
+    return recipes.from_world_clip(stages=("lp",), lp=lp)

@@ -23,5 +23,4 @@ def get_config(arg=None):
         return recipes.real_clip(arg, stages=("lp", "lpft"), lp=lp,
                                  lpft=recipes.real_stage("ft", arg, optim=dict(lr=1e-5)))
     ft = recipes.stage("ft", steps=250, optim=dict(lr=3e-5, wd=0.1, warmup_steps=25))
-    return recipes.base(stages=("pretrain", "lp", "lpft"), pretrain=recipes.pretrain_stage(),
-                        lp=recipes.lp_stage(), lpft=ft)
+    return recipes.from_world_clip(stages=("lp", "lpft"), lp=recipes.lp_stage(), lpft=ft)

@@ -59,7 +59,7 @@ def test_an_override_of_an_unknown_key_fails_naming_it():
 
 
 @pytest.mark.parametrize("where", [
-    "", "mesh", "distributed", "data", "tokenizer", "model", "init", "eval", "ft", "pretrain",
+    "", "mesh", "distributed", "data", "tokenizer", "model", "init", "eval", "ft",
 ])
 def test_an_unknown_key_fails_naming_it_and_the_valid_keys(where):
     config = load()
@@ -125,7 +125,8 @@ def test_an_unknown_domain_fails_listing_the_valid_domains(key, value):
 
 
 def test_a_non_scratch_init_needs_a_path():
-    config = load(os.path.join(REPO, "configs", "ft_clip.py"), "--config.init.format=hf_clip")
+    config = load(os.path.join(REPO, "configs", "pretrain_clip.py"),
+                  "--config.init.format=hf_clip")
     with pytest.raises(ValueError, match="init.format='hf_clip' needs init.path"):
         checks.check_config(config)
 
@@ -138,7 +139,7 @@ def test_the_first_stage_needs_weights_unless_it_pretrains():
 
 def test_a_stage_without_a_section_is_named():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"),
-                  "--config.stages=('pretrain', 'ft', 'lp')")
+                  "--config.stages=('ft', 'lp')")
     with pytest.raises(ValueError, match=r"\['lp'\] of config.stages have no section"):
         checks.check_config(config)
 

@@ -104,7 +104,7 @@ def test_a_finished_sweep_reruns_without_evaluating(runs, clean_sweep):
 
 def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
     config = load(CONFIG, *TINY, f"--config.eval.alphas={ALPHAS}", "--config.init.format=orbax",
-                  f"--config.init.path={runs / 'pretrain'}")
+                  f"--config.init.path={runs / 'pretrain'}", "--config.init.name=")
     mesh = sharding.make_mesh(**config.mesh)
     context = context_lib.Context(config, workdir=tmp_path, mesh=mesh)
     evaluator = zero_shot.Evaluator(context, eval_sets=context.task.eval_sets[:2])  # photo, sketch
@@ -236,7 +236,6 @@ def test_a_rerun_that_matches_more_checkpoints_keeps_their_names(runs, tmp_path)
     (dict(datasets=["sketch", "painting"]), r"needs the ID dataset 'photo'"),
     (dict(alphas=["0", "1.5"]), r"alpha 1.5 is outside \[0, 1\]"),
     (dict(alphas=["half"]), r"alpha 'half' is not a number"),
-    (dict(pretrained=None), r"init.format='scratch' gives no pretrained CLIP.*--pretrained="),
 ])
 def test_bad_input_is_an_error_naming_the_valid_choices(runs, inputs, message):
     arguments = dict(checkpoints=["{runs}/flyp"], pretrained="{runs}/pretrain")
@@ -245,6 +244,15 @@ def test_bad_input_is_an_error_naming_the_valid_choices(runs, inputs, message):
                  else value and value.format(runs=runs) for key, value in arguments.items()}
     with pytest.raises(ValueError, match=message):
         sweep.plan(load(CONFIG, *TINY), **arguments)
+
+
+def test_without_pretrained_alpha_0_is_the_configs_shipped_clip(runs):
+    plan = sweep.plan(load(CONFIG), checkpoints=[str(runs / "flyp")])
+    assert (plan.config.init.format, plan.config.init.name) == ("pretrained", "world_clip")
+    with_pretrained = sweep.plan(load(CONFIG), checkpoints=[str(runs / "flyp")],
+                                 pretrained=str(runs / "pretrain"))
+    assert (with_pretrained.config.init.format, with_pretrained.config.init.name) == ("orbax",
+                                                                                      None)
 
 
 def test_method_names_are_the_trailing_path_parts_that_differ(runs):

@@ -31,6 +31,8 @@ SECTION_KEYS = {
     "text_encoder": {"format", "path"},
 }
 # Keys every stage may set; a method's own keys are its module's STAGE_KEYS.
+# A stage's `input` naming the weights of config.init rather than an earlier stage.
+INITIAL_WEIGHTS = "init"
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates",
               "log_every", "checkpoint_every", "keep_checkpoints", "eval_every"}
 # The kinds of dataset that eval.report_metrics names a metric for.
@@ -109,9 +111,9 @@ def _check_init(config) -> None:
             raise ValueError(f"init.name={name!r} is a {kind!r} model; this config needs a "
                              f"{wanted!r} model: one of {valid}.")
         return
-    if name is not None:
+    if name:
         raise ValueError(f"init.name={name!r} applies to init.format='pretrained' only; "
-                         f"init.format is {init.format!r}.")
+                         f"init.format is {init.format!r}: unset it with --config.init.name=")
     if init.format != "scratch" and not init.path:
         raise ValueError(f"init.format={init.format!r} needs init.path (a local or gs:// "
                          "path to the weights).")
@@ -132,7 +134,9 @@ def _check_stage(config, stages, index) -> None:
             raise ValueError(f"config.{name}.{key} applies to method {owner!r} only; stage "
                              f"{name!r} has method {stage.method!r}.")
     if stage.get("input") is not None:
-        choice(stage.input, stages[:index], f"input of stage {name!r} (an earlier stage)")
+        choice(stage.input, (INITIAL_WEIGHTS, *stages[:index]),
+               f"input of stage {name!r} (an earlier stage, or {INITIAL_WEIGHTS!r} for "
+               "config.init's weights)")
     if "templates" in stage:
         choice(stage.templates, tuple(templates.TEMPLATES), f"templates of stage {name!r}")
     _check_stage_numbers(name, stage)

@@ -177,6 +177,10 @@ def shipped_clip(config):
     if pretrained.read(name)[0]["vocabulary"] != list(world.VOCABULARY):
         raise ValueError(f"init.name={name!r} was trained on another caption grammar than "
                          f"data/world.py's; {pretrained.rebuild_hint(name)}.")
+    variant = config.model.img.get("variant")
+    if variant != clip_model.image.get("variant"):
+        raise ValueError(f"model.img.variant={variant!r}, but init.name={name!r} is "
+                         f"{clip_model.image.get('variant')!r}; remove the override.")
     if tokenizer.context_length != config.tokenizer.context_length:
         raise ValueError(f"init.name={name!r} reads {tokenizer.context_length} tokens, "
                          f"tokenizer.context_length is {config.tokenizer.context_length}; "

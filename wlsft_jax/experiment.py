@@ -16,7 +16,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from wlsft_jax import context as context_lib, evals, interpolate, methods, report, train
+from wlsft_jax import checks, context as context_lib, evals, interpolate, methods, report, train
 from wlsft_jax.data import tasks
 
 ZERO_SHOT = "zeroshot"
@@ -112,7 +112,8 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 outputs[name] = once[name]
                 continue
             source = stage_config.get("input") or (config.stages[index - 1] if index else None)
-            params = outputs[source] if source else context.initial_params
+            initial = source in (None, checks.INITIAL_WEIGHTS)
+            params = context.initial_params if initial else outputs[source]
             if name not in built:
                 built[name] = method.build(context, name, stage_config)
             stage = built[name]

@@ -9,6 +9,9 @@ import ml_collections
 
 from wlsft_jax import checks
 
+INITIAL_WEIGHTS = checks.INITIAL_WEIGHTS  # A stage `input`: config.init's weights.
+
+
 def world_data(**overrides) -> ml_collections.ConfigDict:
     """The embedded world: ID = photo, OOD = every other domain; pretraining sees all domains."""
     from wlsft_jax.data import world
@@ -106,6 +109,14 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     return config
 
 
+def from_world_clip(*, stages, **stage_configs) -> ml_collections.ConfigDict:
+    """`base()` fine-tuning the shipped world_clip (wlsft_jax.pretrained), as a real run starts
+    from a published CLIP: no pretraining stage."""
+    config = base(stages=stages, **stage_configs)
+    config.init = pretrained_init("world_clip")
+    return config
+
+
 def pretrain_stage(**overrides) -> ml_collections.ConfigDict:
     """Contrastive pretraining of the tiny CLIP on world captions from every domain."""
     optim_overrides = {"lr": 1e-3, "wd": 0.1, "warmup_steps": 50, **overrides.pop("optim", {})}
@@ -149,9 +160,9 @@ def parse_arg(arg, valid):
 
 def lp_stage(**overrides) -> ml_collections.ConfigDict:
     """Linear probe through the training loop: only `head/...` trains, the rest is frozen."""
-    return stage("lp", steps=250, optim=dict(lr=1e-2, wd=0.0, warmup_steps=0,
-                                            schedule=[("head/.*", {}), (".*", None)]),
-                 **overrides)
+    return stage("lp", **{"steps": 250, **overrides},
+                 optim=dict(lr=1e-2, wd=0.0, warmup_steps=0,
+                            schedule=[("head/.*", {}), (".*", None)]))
 
 
 # The real-data tasks of the CLIP configs (`--config=configs/<x>_clip.py:<task>`): ID dataset,

@@ -94,16 +94,17 @@ def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None) ->
             raise ValueError(f"--pretrained={pretrained!r} is not a directory; give an orbax "
                              "stage directory or a Hugging Face CLIP directory.")
         config.init.format, config.init.path = checkpoint_format(pretrained), pretrained
+        config.init.name = None
     checks.check_config(config)
     experiment.check_names(config)
     if experiment.evaluator_name(config) != "zero_shot":
         raise ValueError(f"This config is scored by the {experiment.evaluator_name(config)!r} "
                          "evaluator, in wlsft_jax.main; this sweep takes CLIP configs scored "
                          "zero-shot (e.g. configs/flyp_clip.py).")
-    if config.init.format not in ("orbax", "hf_clip"):
+    if config.init.format not in ("pretrained", "orbax", "hf_clip"):
         raise ValueError(f"The config's init.format={config.init.format!r} gives no pretrained "
                          "CLIP for alpha 0; pass --pretrained=<an orbax stage directory such as "
-                         "workdir/flyp_clip/pretrain, or a Hugging Face CLIP directory>.")
+                         "workdir/pretrain_clip/pretrain, or a Hugging Face CLIP directory>.")
     paths = list(dict.fromkeys(path for pattern in checkpoints for path in expand(pattern)))
     if not paths:
         raise ValueError("No checkpoints given; pass --checkpoints=PATH_OR_GLOB[,...].")

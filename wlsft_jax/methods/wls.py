@@ -196,7 +196,7 @@ def check_config(config, name) -> None:
                   f"adapter name of stage {name!r}")
     if config.init.format not in ("scratch", "hf_vit", "pretrained"):
         raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
-                         "'hf_vit' (e.g. DINO ViT-B/16), 'pretrained' (world_dino) or 'scratch' "
+                         "'hf_vit' (e.g. DINO ViT-B/16), 'pretrained' (a shipped image tower) or 'scratch' "
                          "with a stand-in stage first.")
     before = stages[:-1]
     if config.init.format in ("hf_vit", "pretrained") and before:
