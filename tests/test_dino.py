@@ -6,7 +6,9 @@ import pytest
 from clu import metric_writers
 from etils import epath
 
-from wlsft_jax import checks, context as context_lib, dino, methods, optim, recipes, sharding, train
+from wlsft_jax import (checks, context as context_lib, methods, objectives, optim, recipes,
+                       sharding, train)
+from wlsft_jax.methods import dino
 
 
 def test_views_are_multi_crops_of_the_batch_normalised():
@@ -41,7 +43,9 @@ def test_loss_is_cross_entropy_of_centred_sharpened_teacher_over_pairs_of_other_
             log_probs = np.log(softmax(student[v] / settings.student_temperature))
             expected += np.mean(-np.sum(target * log_probs, axis=-1))
             pairs += 1
-    loss, batch_center = dino.loss(student, teacher, center, settings)
+    loss, batch_center = objectives.self_distillation(
+        student, teacher, center, student_temperature=settings.student_temperature,
+        teacher_temperature=settings.teacher_temperature)
     np.testing.assert_allclose(float(loss), expected / pairs, rtol=1e-5)
     np.testing.assert_allclose(batch_center, teacher.mean(axis=(0, 1)), rtol=1e-6)
 

@@ -66,6 +66,27 @@ def clip_contrastive(zimg, ztxt, temperature, mask=None):
     return loss, metrics
 
 
+def self_distillation(student_logits, teacher_logits, center, *, student_temperature,
+                      teacher_temperature):
+    """DINO's loss (Caron et al., 2021): cross-entropy between the centred, sharpened teacher on
+    each global view and the student on every other view, averaged over those pairs.
+
+    Args:
+      student_logits: float[V, B, K], the student on every view (global views first).
+      teacher_logits: float[G, B, K], the teacher on the G global views (no gradient).
+      center: float[K], the running mean of the teacher's outputs.
+
+    Returns:
+      (loss, float[K] the batch's mean teacher output, for the center's update).
+    """
+    teacher = jax.nn.softmax((teacher_logits - center) / teacher_temperature, axis=-1)
+    student = jax.nn.log_softmax(student_logits / student_temperature, axis=-1)
+    # cross[g, v] = mean over the batch of -sum_k teacher[g] * log student[v].
+    cross = -jnp.einsum("gbk,vbk->gv", teacher, student) / student.shape[1]
+    pairs = 1.0 - jnp.eye(teacher.shape[0], student.shape[0])
+    return jnp.sum(cross * pairs) / jnp.sum(pairs), jnp.mean(teacher_logits, axis=(0, 1))
+
+
 def _valid_rows(mask, batch_size):
     return jnp.ones((batch_size,), bool) if mask is None else mask.astype(bool)
 
