@@ -173,19 +173,19 @@ def shipped_clip(config):
     """(CLIP model, params) of the shipped model init.name, checked against the world's caption
     grammar and the config's context length."""
     name = config.init.name
-    clip_model, params, tokenizer = pretrained.load(name)
-    if pretrained.read(name)[0]["vocabulary"] != list(world.VOCABULARY):
+    fields, params = pretrained.read(name)
+    if fields["vocabulary"] != list(world.VOCABULARY):
         raise ValueError(f"init.name={name!r} was trained on another caption grammar than "
                          f"data/world.py's; {pretrained.rebuild_hint(name)}.")
     variant = config.model.img.get("variant")
-    if variant != clip_model.image.get("variant"):
+    if variant != fields["image"].get("variant"):
         raise ValueError(f"model.img.variant={variant!r}, but init.name={name!r} is "
-                         f"{clip_model.image.get('variant')!r}; remove the override.")
-    if tokenizer.context_length != config.tokenizer.context_length:
-        raise ValueError(f"init.name={name!r} reads {tokenizer.context_length} tokens, "
+                         f"{fields['image'].get('variant')!r}; remove the override.")
+    if fields["context_length"] != config.tokenizer.context_length:
+        raise ValueError(f"init.name={name!r} reads {fields['context_length']} tokens, "
                          f"tokenizer.context_length is {config.tokenizer.context_length}; "
                          "remove the override.")
-    return clip_model, params
+    return pretrained.model_of(name, fields), params
 
 
 def with_memory_levers(model_config, clip_model, params):

@@ -86,16 +86,19 @@ def read(name: str) -> tuple[dict, dict]:
     return fields, traverse_util.unflatten_dict(flat)
 
 
+def model_of(name: str, fields: dict):
+    """The Flax model of the shipped model `name` from its stored `fields` (`read`)."""
+    if named(name).kind == "vit":
+        return vit.Model(**fields)
+    return two_towers.Model(image=fields["image"], text=fields["text"], out_dim=fields["out_dim"])
+
+
 def load(name: str):
     """(model, params, tokenizer) of the shipped model `name` (see the module docstring)."""
     fields, params = read(name)
-    if named(name).kind == "vit":
-        return vit.Model(**fields), params, None
-    tokenizer = tokenizer_lib.world_tokenizer(tuple(fields["vocabulary"]),
-                                              context_length=fields["context_length"])
-    model = two_towers.Model(image=fields["image"], text=fields["text"],
-                             out_dim=fields["out_dim"])
-    return model, params, tokenizer
+    tokenizer = None if named(name).kind == "vit" else tokenizer_lib.world_tokenizer(
+        tuple(fields["vocabulary"]), context_length=fields["context_length"])
+    return model_of(name, fields), params, tokenizer
 
 
 def save(path, params: dict, fields: dict) -> str:
