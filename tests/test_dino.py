@@ -13,13 +13,15 @@ from wlsft_jax.methods import dino
 
 def test_views_are_multi_crops_of_the_batch_normalised():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)), jnp.uint8)
-    views = dino.views(images, jax.random.key(1), mean=(0.5,) * 3, std=(0.25,) * 3)
+    views = dino.views(images, jax.random.key(1), mean=(0.5,) * 3, std=(0.25,) * 3,
+                       settings=dino.Settings())
     shapes = [v.shape for v in views]
     assert shapes == [(3, 32, 32, 3)] * dino.GLOBAL_VIEWS + [(3, 16, 16, 3)] * dino.LOCAL_VIEWS
     for view in views:  # Pixels stay in [0, 1] before normalisation.
         assert -2.0 - 1e-5 <= float(view.min()) and float(view.max()) <= 2.0 + 1e-5
     assert not np.allclose(views[0], views[1])  # Two different crops of each image.
-    again = dino.views(images, jax.random.key(1), mean=(0.5,) * 3, std=(0.25,) * 3)
+    again = dino.views(images, jax.random.key(1), mean=(0.5,) * 3, std=(0.25,) * 3,
+                       settings=dino.Settings())
     np.testing.assert_array_equal(views[3], again[3])
 
 
@@ -94,4 +96,15 @@ def test_a_dino_schedule_that_trains_the_teacher_is_refused():
     config = recipes.dino_base(stages=("dino",), dino=recipes.dino_stage(
         optim=dict(schedule=[(".*", {})])))
     with pytest.raises(ValueError, match="teacher"):
+        checks.check_config(config)
+
+
+def test_dino_settings_come_from_the_stage_and_a_misspelled_one_is_refused():
+    config = recipes.dino_base(stages=("dino",), dino=recipes.dino_stage(
+        settings=dict(teacher_temperature=0.07, global_scale=(0.5, 1.0))))
+    checks.check_config(config)
+    settings = dino.Settings.of_stage(config.dino)
+    assert (settings.teacher_temperature, settings.global_scale) == (0.07, (0.5, 1.0))
+    config.dino.settings.teacher_temprature = 0.05
+    with pytest.raises(ValueError, match="teacher_temprature.*valid keys.*teacher_temperature"):
         checks.check_config(config)

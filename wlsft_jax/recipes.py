@@ -5,6 +5,8 @@ config file only states what makes it different.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from wlsft_jax import checks
@@ -73,7 +75,9 @@ def optim(**overrides) -> ml_collections.ConfigDict:
 def stage(method: str, *, steps: int, batch_size: int = 128, **overrides):
     """One training stage of `method`; `optim` overrides are merged into `optim()`."""
     config = ml_collections.ConfigDict(dict(
-        method=method, steps=steps, batch_size=batch_size, accum_steps=1,
+        # None: the previous stage's output (config.init's weights for the first stage).
+        method=method, input=ml_collections.config_dict.placeholder(str),
+        steps=steps, batch_size=batch_size, accum_steps=1,
         optim=optim(**overrides.pop("optim", {})), log_every=25, checkpoint_every=200,
         keep_checkpoints=2,
     ))
@@ -133,12 +137,15 @@ def pretrained_init(name: str) -> ml_collections.ConfigDict:
 
 def dino_stage(**overrides) -> ml_collections.ConfigDict:
     """DINO self-distillation of the tiny image tower on the images of every world domain
-    (AdamW, DINO's weight decay 0.04 and gradient clipping at 3)."""
+    (AdamW, DINO's weight decay 0.04 and gradient clipping at 3); `settings` are
+    `methods.dino.Settings` (temperatures, momenta, head, crop scales)."""
     from wlsft_jax.methods import dino
 
     optim_overrides = {"lr": 1e-3, "wd": 0.04, "warmup_steps": 100, "grad_clip_norm": 3.0,
                        "schedule": list(dino.SCHEDULE), **overrides.pop("optim", {})}
-    return stage("dino", **{"steps": 600, "batch_size": 256, **overrides}, optim=optim_overrides)
+    settings = {**dataclasses.asdict(dino.Settings()), **overrides.pop("settings", {})}
+    return stage("dino", **{"steps": 600, "batch_size": 256, **overrides}, optim=optim_overrides,
+                 settings=settings)
 
 
 def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:

@@ -4,11 +4,12 @@ teacher. Trains from scratch; the teacher's image tower is the self-supervised e
 by k-NN on its final-norm class token.
 
 The views are cut inside the jitted step from the batch's uint8 images (no extra host work):
-`GLOBAL_VIEWS` random resized crops at the image size (scale GLOBAL_SCALE) and `LOCAL_VIEWS`
-at half of it (LOCAL_SCALE), each flipped at random and colour-jittered (brightness, contrast,
+`GLOBAL_VIEWS` random resized crops at the image size (area scale `Settings.global_scale`) and
+`LOCAL_VIEWS` at half of it (`Settings.local_scale`), each flipped at random and colour-jittered (brightness, contrast,
 saturation, a random channel order standing in for hue, grayscale). Colour is strong in the
 world (8 object colours), so without colour jitter the views agree through colour alone. The
 teacher and the output center follow after every optimizer step (`train.TrainSpec.after_step`).
+A stage's `settings` (`--config.dino.settings.teacher_temperature=0.07`) override `Settings`.
 """
 import dataclasses
 import functools
@@ -26,12 +27,11 @@ from wlsft_jax.models import dino as dino_models
 RUNS_ONCE = False
 FROM_SCRATCH = True
 EVALUATOR = "knn"
-STAGE_KEYS = ()
+STAGE_KEYS = ("settings",)
 # DINO's teacher and output center move by momentum (`momentum_update`), never by the optimizer.
 SCHEDULE = (("teacher/.*", None), ("center", None), ("student/.*", {}))
 
 GLOBAL_VIEWS, LOCAL_VIEWS = 2, 4
-GLOBAL_SCALE, LOCAL_SCALE = (0.35, 1.0), (0.1, 0.35)
 # NumPy, not jax: importing this module must not start the XLA backend before a multi-host run
 # calls jax.distributed.initialize().
 CHANNEL_ORDERS = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
@@ -39,8 +39,8 @@ CHANNEL_ORDERS = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1]
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """DINO's temperatures and momenta (its ViT-S defaults but the teacher momentum, and fewer
-    prototypes for a tiny world)."""
+    """DINO's temperatures, momenta, head and crop scales (its ViT-S defaults but the teacher
+    momentum, and fewer prototypes for a tiny world)."""
     student_temperature: float = 0.1
     teacher_temperature: float = 0.04
     center_momentum: float = 0.9
@@ -50,6 +50,17 @@ class Settings:
     num_prototypes: int = 1024
     hidden_dim: int = 512
     bottleneck_dim: int = 128
+    global_scale: tuple[float, float] = (0.35, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.35)
+
+    @classmethod
+    def of_stage(cls, stage_config) -> "Settings":
+        """The defaults, overridden by the stage's `settings` dict (unknown names rejected)."""
+        overrides = dict(stage_config.get("settings") or {})
+        checks.known_keys(overrides, {field.name for field in dataclasses.fields(cls)},
+                          "the 'settings' of a 'dino' stage")
+        return cls(**{key: tuple(value) if isinstance(value, (list, tuple)) else value
+                      for key, value in overrides.items()})
 
 
 def _crop_one(image, rng, out_size, scale):
@@ -87,12 +98,13 @@ def _jitter_one(image, rng):
     return jnp.clip(image, 0.0, 1.0)
 
 
-def views(images_uint8, rng, *, mean, std):
+def views(images_uint8, rng, *, mean, std, settings: Settings):
     """The multi-crop views of a batch: a list of GLOBAL_VIEWS arrays [B, S, S, 3] then
     LOCAL_VIEWS arrays [B, S/2, S/2, 3], normalised with `mean` / `std`."""
     images = images_uint8.astype(jnp.float32) / 255.0
     size = images.shape[1]
-    specs = [(size, GLOBAL_SCALE)] * GLOBAL_VIEWS + [(size // 2, LOCAL_SCALE)] * LOCAL_VIEWS
+    specs = ([(size, settings.global_scale)] * GLOBAL_VIEWS
+             + [(size // 2, settings.local_scale)] * LOCAL_VIEWS)
     out = []
     for index, (out_size, scale) in enumerate(specs):
         crop_rngs, jitter_rngs = jax.random.split(jax.random.fold_in(rng, index), (2,
@@ -123,7 +135,7 @@ def loss_fn(model, params, batch, rng, *, mean, std, settings):
     """DINO's loss on the multi-crop views of the batch's uint8 images; the batch's mean teacher
     output rides along in the metrics for `after_step`'s center update."""
     student_logits, teacher_logits = model.apply(
-        {"params": params}, views(batch["image"], rng, mean=mean, std=std))
+        {"params": params}, views(batch["image"], rng, mean=mean, std=std, settings=settings))
     loss, batch_center = objectives.self_distillation(
         student_logits, teacher_logits, params["center"],
         student_temperature=settings.student_temperature,
@@ -138,7 +150,7 @@ def build(context, name, stage_config) -> _common.Stage:
     del name
     config = context.config
     data = config.data
-    settings = Settings()
+    settings = Settings.of_stage(stage_config)
     image = dict(config.model.img, image_size=data.image_size, dtype_mm=config.model.dtype)
     model = dino_models.Model(img=image, head=dict(
         hidden_dim=settings.hidden_dim, bottleneck_dim=settings.bottleneck_dim,
@@ -166,8 +178,10 @@ def build(context, name, stage_config) -> _common.Stage:
 
 
 def check_config(config, name) -> None:
-    """The schedule freezes the teacher and center and trains the student; a config whose last
-    stage is `dino` sets eval.knn_ks / knn_report_k and none of the classifier / text keys."""
+    """The settings are known; the schedule freezes the teacher and center and trains the
+    student; a config whose last stage is `dino` sets eval.knn_ks / knn_report_k and none of
+    the classifier / text keys."""
+    Settings.of_stage(config[name])
     paths = {"teacher": {"img": 0}, "center": 0, "student": {"img": 0}}
     frozen = optim.frozen_mask(config[name].optim, paths)
     if not (frozen["teacher"]["img"] and frozen["center"]) or frozen["student"]["img"]:
