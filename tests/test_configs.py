@@ -140,8 +140,17 @@ def test_the_first_stage_needs_weights_unless_it_pretrains():
 def test_a_stage_without_a_section_is_named():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"),
                   "--config.stages=('ft', 'lp')")
-    with pytest.raises(ValueError, match=r"\['lp'\] of config.stages have no section"):
+    with pytest.raises(ValueError, match=r"\['lp'\] of config.stages=\['ft', 'lp'\] have no "
+                                         r"section in the config; its stage sections are \['ft'\]"):
         checks.check_config(config)
+
+
+def test_a_dropped_stage_is_not_run_and_the_next_one_starts_from_init(caplog):
+    config = load(os.path.join(REPO, "configs", "lpft_clip.py"), "--config.stages=('lpft',)",
+                  "--config.lpft.input=init")
+    with caplog.at_level("WARNING"):
+        checks.check_config(config)
+    assert "Stage section(s) ['lp'] are not in config.stages=['lpft']: not run." in caplog.text
 
 
 @pytest.mark.parametrize("key, value", [

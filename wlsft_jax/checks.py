@@ -6,7 +6,10 @@ checks come from the method registry (`wlsft_jax.methods`), not from lists kept 
 """
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
+from absl import logging
 
 from wlsft_jax import evals, methods, optim
 from wlsft_jax.data import tasks, templates
@@ -66,8 +69,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     stages = tuple(config.stages)
     if not stages:
         raise ValueError("config.stages is empty; name at least one stage, e.g. ('pretrain',).")
-    known_keys(config.keys(), TOP_LEVEL_KEYS | set(stages), "the config's top level "
-               f"(stages {list(stages)} are valid too)")
+    sections = [key for key in config.keys() if hasattr(config[key], "keys")
+                and "method" in config[key]]
+    missing = [name for name in stages if name not in config]
+    if missing:
+        guesses = {name: difflib.get_close_matches(name, sections, n=1) for name in missing}
+        hints = "; ".join(f"Did you mean {guess[0]!r} for {name!r}?"
+                          for name, guess in guesses.items() if guess)
+        raise ValueError(f"Stage(s) {missing} of config.stages={list(stages)} have no section "
+                         f"in the config; its stage sections are {sections}. {hints}".strip())
+    dropped = [name for name in sections if name not in stages]
+    if dropped:  # E.g. --config.stages='("ft",)' --config.ft.input=init on an LP-FT config.
+        logging.warning("Stage section(s) %s are not in config.stages=%s: not run.", dropped,
+                        list(stages))
+    known_keys(config.keys(), TOP_LEVEL_KEYS | set(stages) | set(dropped),
+               f"the config's top level (stages {list(stages)} are valid too)")
     for section, allowed in SECTION_KEYS.items():
         if section in config:
             known_keys(config[section].keys(), allowed, f"config.{section}")
@@ -77,10 +93,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if "templates" in config.eval:
         choice(config.eval.templates, tuple(templates.TEMPLATES), "eval.templates")
     _check_init(config)
-    missing = [name for name in stages if name not in config]
-    if missing:
-        raise ValueError(f"Stage(s) {missing} of config.stages have no section; add e.g. "
-                         f"config.{missing[0]} = recipes.stage(...).")
     for index, name in enumerate(stages):
         _check_stage(config, stages, index)
     _check_method_keys(config, stages)

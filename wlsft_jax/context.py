@@ -123,6 +123,9 @@ def initial_weights(config, tokenizer, *, num_classes: int):
     """
     init = config.init
     data = config.data
+    if init.path and not epath.Path(init.path).exists():
+        raise FileNotFoundError(f"init.path={init.path!r} does not exist (init.format="
+                                f"{init.format!r}); give a local or gs:// path to the weights.")
     if init.format == "pretrained" and pretrained.named(init.name).kind == "vit":
         model, params, _ = pretrained.load(init.name)
         return vision_only(model, params, num_classes=num_classes)

@@ -1,0 +1,147 @@
+"""Workdir safety (#14): one run per workdir, config drift refused, no orphaned workers, user
+errors as one line with status 2 and nothing left behind."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from etils import epath
+
+from test_configs import REPO
+from wlsft_jax import recipes, workdir as workdir_lib
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path):
+    holder = workdir_lib.acquire_lock(epath.Path(tmp_path))
+    with pytest.raises(workdir_lib.WorkdirBusyError,
+                       match=rf"in use by process {os.getpid()} on host {socket.gethostname()} "
+                             rf"\(started {re.escape(holder['started'])}\).*rm {tmp_path}/LOCK"):
+        workdir_lib.acquire_lock(epath.Path(tmp_path))
+    workdir_lib.release_lock(epath.Path(tmp_path), holder)
+    assert not (tmp_path / "LOCK").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_one_from_another_host_is_not(tmp_path):
+    lock = tmp_path / "LOCK"
+    lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=_dead_pid(), started="x")))
+    holder = workdir_lib.acquire_lock(epath.Path(tmp_path))
+    assert json.loads(lock.read_text()) == holder and holder["pid"] == os.getpid()
+    lock.write_text(json.dumps(dict(host="elsewhere", pid=_dead_pid(), started="y")))
+    with pytest.raises(workdir_lib.WorkdirBusyError, match="on host elsewhere"):
+        workdir_lib.acquire_lock(epath.Path(tmp_path))
+
+
+def test_config_drift_is_refused_naming_the_keys_and_the_recorded_config_is_kept(tmp_path):
+    workdir = epath.Path(tmp_path)
+    config = recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=10))
+    with workdir_lib.claim(workdir, config):
+        pass
+    recorded = (tmp_path / "config.json").read_text()
+    config.ft.log_every, config.ft.checkpoint_every, config.eval.batch_size = 1, 5, 64
+    with workdir_lib.claim(workdir, config):  # Keys that cannot change results may differ.
+        pass
+    config.ft.optim.lr, config.seed = 3e-5, 7
+    with pytest.raises(workdir_lib.ConfigDriftError,
+                       match=r"ft\.optim\.lr: 0\.001 -> 3e-05; seed: 0 -> 7\. Rerun"):
+        with workdir_lib.claim(workdir, config):
+            pass
+    assert (tmp_path / "config.json").read_text() == recorded
+    assert not (tmp_path / "LOCK").exists()
+    history = [json.loads(line) for line in (tmp_path / "config_history.jsonl").open()]
+    assert [entry["config"]["ft"]["log_every"] for entry in history] == [25, 1]
+
+
+def _run_main(args):
+    return subprocess.run([sys.executable, "-m", "wlsft_jax.main", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO, WLSFT_TRACEBACK=""))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/flyp_clip.py", "--config.ft.optim.lrr=1"],
+     r"unknown config section 'ft' in config; valid: \[.*'flyp'"),
+    (["--config=configs/flyp_clip.py", "--config.flyp.optim.lrr=1"],
+     r"unknown config key 'lrr' in config\.flyp\.optim; valid: \['b1'.*'lr'"),
+    (["--config=configs/flyp_clip.py", "--config.stages=('flpy',)"],
+     r"Stage\(s\) \['flpy'\] .* Did you mean 'flyp' for 'flpy'\?"),
+    (["--config=configs/flyp_clip.py", "--config.init.format=orbax", "--config.init.name=",
+      "--config.init.path=/no/such/run/pretrain"],
+     r"init\.path='/no/such/run/pretrain' does not exist"),
+    (["--config=configs/flyp_clpi.py"], r"no such config file; e\.g\. configs/ has \[.*"
+                                        r"'flyp_clip\.py'"),
+])
+def test_a_user_error_is_one_line_with_status_2_and_leaves_no_workdir(tmp_path, args, message):
+    result = _run_main([*args, f"--workdir={tmp_path / 'w'}"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("wlsft_jax.main: error:")]
+    assert re.search(message, line), line
+    assert not (tmp_path / "w").exists()
+
+
+def _children(pid):
+    """Pids of the live processes whose parent is `pid` (from /proc)."""
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # Ended meanwhile.
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+_LOADER_SCRIPT = """
+from absl import flags; flags.FLAGS.mark_as_parsed()
+from wlsft_jax.data import pipeline, world
+source = world.WorldSource(split="train", domains=("photo",), examples_per_domain=64,
+                           image_size=16)
+batches = iter(pipeline.train_loader(source, global_batch_size=4, operations=[], seed=0,
+                                     worker_count=2))
+next(batches)
+print("ready", flush=True)
+import time; time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_grain_workers_exit_when_their_run_is_killed_by_sigkill():
+    process = subprocess.Popen([sys.executable, "-c", _LOADER_SCRIPT], cwd=REPO,
+                               stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        workers = _children(process.pid)
+        assert len(workers) >= 2, workers  # The two grain workers (maybe a resource tracker).
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    deadline = time.time() + 20
+    while _alive(workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(workers), f"orphaned workers: {_alive(workers)}"
+
+
+def _alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
