@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +240,49 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(ft_baseline, 
     assert_trees_equal(kept, saved_state(ft_baseline["workdir"], 4))
     _, resumed, _ = train_run(tiny_config("ft", steps=4), tmp_path)
     assert_trees_equal(resumed, kept["params"])
+
+
+def _truncate_array_files(step_dir):
+    for path in (step_dir / "state" / "ocdbt.process_0" / "d").iterdir():
+        path.write_bytes(path.read_bytes()[:20])
+
+
+def _delete_manifests(step_dir):
+    for path in (step_dir / "state").rglob("manifest.ocdbt"):
+        path.unlink()
+
+
+def _corrupt_data_position(step_dir):
+    (step_dir / "data" / "process_0-of-1.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("damage", [_truncate_array_files, _delete_manifests])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
+        ft_baseline, tmp_path, damage, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(ft_baseline["workdir"], workdir)  # Steps 4 and 6 (the finished stage).
+    damage(workdir / "6")
+    with caplog.at_level("WARNING"):
+        _, params, writer = train_run(tiny_config("ft"), workdir)
+    assert "step 6 does not restore" in caplog.text and "resuming from step 4" in caplog.text
+    assert (workdir / "6.corrupt").is_dir()
+    assert sorted(writer.losses("ft")) == [5, 6]
+    assert writer.losses("ft") == {5: ft_baseline["losses"][5], 6: ft_baseline["losses"][6]}
+    assert_trees_equal(params, ft_baseline["params"])
+
+
+@pytest.mark.parametrize("damage", [_truncate_array_files, _corrupt_data_position])
+def test_when_no_checkpoint_restores_nothing_is_moved_and_the_error_is_one_line(
+        ft_baseline, tmp_path, damage):
+    workdir = tmp_path / "run"
+    shutil.copytree(ft_baseline["workdir"], workdir)
+    shutil.rmtree(workdir / "6")
+    damage(workdir / "4")
+    with pytest.raises(train.CheckpointError,
+                       match=r"no checkpoint in .* restores \(steps \[4\]\)") as error:
+        train_run(tiny_config("ft"), workdir)
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in workdir.iterdir()) == ["4"]
 
 
 def _resume_test_run(workdir, losses_path, params_path, delay):

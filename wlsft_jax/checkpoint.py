@@ -159,6 +159,19 @@ class Checkpointer:
         items = {METADATA: ocp.args.JsonRestore()}
         return self._manager.restore(step, args=ocp.args.Composite(**items))[METADATA]
 
+    def set_aside(self, step: int) -> epath.Path:
+        """Moves the checkpoint of `step` out of the run, to `<step>.corrupt` beside it (kept for
+        inspection, never restored); returns where it went."""
+        self.wait_until_finished()
+        source = self.directory / str(step)
+        target = self.directory / f"{step}.corrupt"
+        suffix = 1
+        while target.exists():
+            target, suffix = self.directory / f"{step}.corrupt{suffix}", suffix + 1
+        source.rename(target)
+        self._manager.reload()
+        return target
+
     def wait_until_finished(self) -> None:
         """Blocks until the background save in flight (if any) is complete."""
         self._manager.wait_until_finished()

@@ -57,6 +57,45 @@ class TrainSpec:
         return jax.jit(init, out_shardings=self.param_shardings(mesh))(jax.random.key(seed))
 
 
+class CheckpointError(ValueError):
+    """No checkpoint of a stage restores."""
+
+
+def _resume(manager, target, fresh_state, steps, make_data_iter, name):
+    """(step, state, data iterator or None) from the newest checkpoint that restores, or
+    (0, `fresh_state`, a new iterator) when there is none.
+
+    A newer checkpoint that fails to restore while an older one restores is damaged (a truncated
+    or deleted file): it is set aside as `<step>.corrupt` with a warning. When none restores,
+    nothing is moved (the cause may be the code, not the files) and CheckpointError says why.
+    A finished stage restores without its data position (so also on another process count).
+    """
+    failures, data_iter = [], None
+    for step in reversed(manager.all_steps()):
+        if step < steps and data_iter is None:
+            data_iter = make_data_iter()
+        try:
+            state = manager.restore(step, target, data_iter if step < steps else None)
+        except Exception as error:  # orbax / tensorstore raise many kinds for damaged files.
+            failures.append((step, error))
+            continue
+        for bad_step, error in failures:
+            moved = manager.set_aside(bad_step)
+            logging.warning("[%s] the checkpoint at step %d does not restore (%s: %s); moved to "
+                            "%s, resuming from step %d.", name, bad_step, type(error).__name__,
+                            str(error).splitlines()[0][:200], moved, step)
+        return step, state, data_iter
+    if failures:
+        step, error = failures[0]
+        manager.close()
+        raise CheckpointError(
+            f"[{name}] no checkpoint in {manager.directory} restores (steps "
+            f"{[s for s, _ in failures]}); the newest, step {step}, fails with "
+            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. Use a new --workdir, "
+            "or move the step directories aside to start the stage over.")
+    return 0, fresh_state, make_data_iter()
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
@@ -159,22 +198,17 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
         manager.close()
         raise ValueError(f"[{name}] {workdir} holds a checkpoint at step {start}, beyond this "
                          f"stage's steps={steps}; use a fresh workdir or steps >= {start}.")
-    target = checkpoint.restore_target(state, state_shardings)
+    make_data_iter = lambda: iter(pipeline.train_loader(
+        spec.train_source, global_batch_size=batch_size, operations=spec.train_operations,
+        seed=seed, worker_count=spec.worker_count))
+    start, state, data_iter = _resume(manager, checkpoint.restore_target(state, state_shardings),
+                                      state, steps, make_data_iter, name)
     if start == steps:
-        # A finished stage needs neither data nor its per-process data position, so it also
-        # restores on another number of processes (train on a pod, evaluate on one host).
-        state = manager.restore(start, target)
         logging.info("[%s] resumed from step %d in %s: the stage is finished", name, start,
                      workdir)
         manager.close()
         return state["params"]
-
-    # --- Data --------------------------------------------------------------------------------
-    data_iter = iter(pipeline.train_loader(
-        spec.train_source, global_batch_size=batch_size, operations=spec.train_operations,
-        seed=seed, worker_count=spec.worker_count))
     if start:
-        state = manager.restore(start, target, data_iter)
         logging.info("[%s] resumed from step %d in %s", name, start, workdir)
     first_step = start
 
