@@ -5,6 +5,9 @@ process of all processes) and yield this process's part of each global batch, as
 ready for `jax.make_array_from_process_local_data`.
 """
 import math
+import os
+import threading
+import time
 from typing import Any, Sequence
 
 import grain.python as grain
@@ -31,6 +34,27 @@ def _local_batch_size(global_batch_size: int, shard_count: int) -> int:
                          f"the number of processes ({shard_count}); valid sizes: "
                          f"{[shard_count * k for k in (1, 2, 4, 8)]}, ...")
     return global_batch_size // shard_count
+
+
+class ExitWithParent(grain.MapTransform):
+    """The identity on batches that, inside a grain worker process, starts a daemon thread that
+    ends the worker once the process that built the loader is gone (also after a SIGKILL, where
+    no cleanup runs); without it the workers outlive a killed run."""
+
+    def __init__(self):
+        self._owner = os.getpid()
+        self._watching = False
+
+    def map(self, batch):
+        if not self._watching and os.getpid() != self._owner:
+            self._watching = True
+            threading.Thread(target=self._exit_when_orphaned, daemon=True).start()
+        return batch
+
+    def _exit_when_orphaned(self):
+        while os.getppid() == self._owner:
+            time.sleep(1.0)
+        os._exit(0)
 
 
 def train_loader(source: grain.RandomAccessDataSource, *, global_batch_size: int,
@@ -61,7 +85,8 @@ def train_loader(source: grain.RandomAccessDataSource, *, global_batch_size: int
                                  shuffle=True, num_epochs=None, seed=seed)
     return grain.DataLoader(
         data_source=source, sampler=sampler, shard_options=shard_options,
-        operations=[*operations, grain.Batch(local_batch_size, drop_remainder=True)],
+        operations=[*operations, grain.Batch(local_batch_size, drop_remainder=True),
+                    ExitWithParent()],
         worker_count=worker_count)
 
 
@@ -120,5 +145,6 @@ def eval_batches(source: grain.RandomAccessDataSource, *, batch_size: int,
                                  shuffle=False, num_epochs=1, seed=seed)
     return grain.DataLoader(
         data_source=shard, sampler=sampler, shard_options=grain.NoSharding(),
-        operations=[*operations, grain.Batch(local_batch_size, drop_remainder=False)],
+        operations=[*operations, grain.Batch(local_batch_size, drop_remainder=False),
+                    ExitWithParent()],
         worker_count=worker_count)
