@@ -194,11 +194,14 @@ def test_bad_inputs_raise_clear_errors():
         txt.apply({"params": txt_params}, np.zeros((1, 9), np.int32))
 
 
-def test_param_counts_per_tower(caplog):
+def test_param_counts_per_tower_in_the_log_and_the_full_table_in_a_file(caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="absl")  # absl may sit at WARNING after main ran.
     model = two_towers.Model(image=TINY_IMAGE, text=TINY_TEXT, out_dim=16)
     params = random_params(model, images(), tokens())
-    counts = overview.log_param_counts(params, name="tiny clip")
+    counts = overview.log_param_counts(params, name="tiny clip", table_path=tmp_path / "t.txt")
+    table = (tmp_path / "t.txt").read_text()
+    assert "img/embedding/kernel" in table and "txt/" in table
+    assert "img/embedding/kernel" not in caplog.text
     assert counts["total"] == sum(p.size for p in jax.tree.leaves(params))
     assert counts["logit_scale"] == 1
     assert counts["img"] == sum(p.size for p in jax.tree.leaves(params["img"]))

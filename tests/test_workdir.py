@@ -145,3 +145,18 @@ def _alive(pids):
         except FileNotFoundError:
             pass
     return alive
+
+
+@pytest.mark.slow
+def test_a_main_job_prints_a_short_log_without_library_info_lines_and_the_table_last(tmp_path):
+    result = _run_main(["--config=configs/ft_clip.py", "--config.ft.steps=10",
+                        "--config.ft.optim.warmup_steps=2", "--config.eval.alphas=(0.0,1.0)",
+                        "--config.data.eval_examples_per_domain=20",
+                        f"--workdir={tmp_path / 'w'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stderr + result.stdout).splitlines()
+    assert len(lines) < 80, "\n".join(lines)
+    assert not [line for line in lines if "orbax" in line or "checkpoint_manager" in line]
+    assert not [line for line in lines if "port.cc" in line or "oneDNN" in line]
+    assert result.stdout.strip().splitlines()[-1].startswith("| zeroshot |")
+    assert "img/embedding/kernel" in (tmp_path / "w" / "ft" / "parameters.txt").read_text()

@@ -14,17 +14,21 @@ start created is removed.
 from __future__ import annotations
 
 import importlib.util
+import logging as python_logging
 import os
 import re
 import sys
+
+# Before anything imports TensorFlow (clu's TensorBoard writer, tfds): its C++ INFO lines off,
+# and its oneDNN notice (TensorFlow only writes events and reads datasets here; no TF math).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
 from wlsft_jax import workdir as workdir_lib
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/flyp_clip.py[:arg].", lock_config=True)
@@ -45,16 +49,20 @@ def default_workdir(config_flag_value: str) -> str:
 
 
 class _QuietLibraries:
-    """Logging filter: orbax's per-save INFO lines drown the progress log; keep its warnings."""
+    """Logging filter: other libraries' INFO lines (orbax logs dozens per save) drown the
+    progress log; keep this package's and clu's (progress, metrics) and every warning."""
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        return (record.levelno >= python_logging.WARNING
+                or any(part in record.pathname for part in ("/wlsft_jax/", "/clu/")))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_logger().addFilter(_QuietLibraries())
+    if logging.get_verbosity() < 1:  # --verbosity=1 shows every library's INFO lines.
+        # absl's handler passes records straight to its python_handler, so filter there.
+        logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
     # Imports after flag parsing so `--help` stays fast.
     import jax
     from clu import metric_writers

@@ -173,7 +173,8 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
 
     # --- Optimizer and sharded state -------------------------------------------------------
     if jax.process_index() == 0:
-        overview.log_param_counts(init_params, name=name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        overview.log_param_counts(init_params, name=name, table_path=workdir / "parameters.txt")
     tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
     frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
     param_shardings = spec.param_shardings(mesh)

@@ -1,6 +1,8 @@
-"""Parameter overview logged when a model is built: clu's table plus counts per tower."""
+"""Parameter overview when a model is built: counts per tower in the log, clu's full table
+(one row per array) in a file when one is given."""
 from absl import logging
 from clu import parameter_overview
+from etils import epath
 import flax.linen as nn
 
 
@@ -13,12 +15,16 @@ def param_counts(params) -> dict[str, int]:
     return counts
 
 
-def log_param_counts(params, *, name: str = "model") -> dict[str, int]:
-    """Logs clu's parameter table (shapes only) and the per-tower counts; returns the counts."""
+def log_param_counts(params, *, name: str = "model",
+                     table_path: epath.PathLike | None = None) -> dict[str, int]:
+    """Logs the per-tower counts (one line) and writes clu's parameter table (shapes only) to
+    `table_path` if given; returns the counts."""
     params = nn.unbox(params)
-    parameter_overview.log_parameter_overview(params, include_stats=False,
-                                              msg=f"{name} parameters:")
     counts = param_counts(params)
-    logging.info("%s parameter counts: %s", name,
-                 ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    if table_path is not None:
+        epath.Path(table_path).write_text(
+            parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+    logging.info("%s parameter counts: %s%s", name,
+                 ", ".join(f"{k}={v:,}" for k, v in counts.items()),
+                 f" (table: {table_path})" if table_path is not None else "")
     return counts
