@@ -13,11 +13,13 @@ r"""Sweeps checkpoints × WiSE-FT alphas × datasets into one robustness report,
       --checkpoints="$w/lp/seed*,$w/ft/seed*,$w/lpft/seed*,$w/flyp/seed*" \
       --alphas=0,0.5,1 --out=workdir/compare_clip_sweep
 """
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from wlsft_jax import cli  # First: it quiets TensorFlow.
 
-from wlsft_jax import sharding, sweep
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from wlsft_jax import sharding, sweep  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config giving the data, model, tokenizer and eval settings, "
@@ -33,6 +35,9 @@ _DATASETS = flags.DEFINE_list("datasets", None, "Eval sets of the config to scor
 _PRETRAINED = flags.DEFINE_string(
     "pretrained", None, "The pretrained CLIP (alpha 0): an orbax stage directory or a Hugging "
     "Face CLIP directory (default: the config's init).")
+_ALLOW_OTHER_PRETRAINED = flags.DEFINE_bool(
+    "allow_other_pretrained", False, "Mix checkpoints whose recorded initial image tower is not "
+    "--pretrained's (refused by default).")
 _OUT = flags.DEFINE_string("out", None, "Where results.json, failures.json and report/ go "
                            "(local or gs://); rerunning into it skips the finished cells.")
 flags.mark_flags_as_required(["config", "checkpoints", "out"])
@@ -42,7 +47,8 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     plan = sweep.plan(_CONFIG.value, checkpoints=_CHECKPOINTS.value, alphas=_ALPHAS.value,
-                      datasets=_DATASETS.value, pretrained=_PRETRAINED.value)
+                      datasets=_DATASETS.value, pretrained=_PRETRAINED.value,
+                      allow_other_pretrained=_ALLOW_OTHER_PRETRAINED.value)
     mesh = sharding.mesh_from_config(plan.config)
     batch_size = plan.config.eval.batch_size
     sharding.check_batch_sizes(mesh, {f"config.eval.batch_size={batch_size}": batch_size})
@@ -56,4 +62,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "launch/sweep.py")

@@ -12,6 +12,7 @@ import time
 
 import flax.linen as nn
 import jax
+import orbax.checkpoint as ocp
 import jax.numpy as jnp
 import pytest
 
@@ -253,6 +254,22 @@ def test_without_pretrained_alpha_0_is_the_configs_shipped_clip(runs):
                                  pretrained=str(runs / "pretrain"))
     assert (with_pretrained.config.init.format, with_pretrained.config.init.name) == ("orbax",
                                                                                       None)
+
+
+def test_a_checkpoint_fine_tuned_from_another_pretrained_model_is_refused(runs, tmp_path):
+    restore = lambda name: ocp.StandardCheckpointer().restore(runs / name / "1" / "state")[
+        "params"]
+    pretrained, flyp = restore("pretrain"), restore("flyp")
+    for name, started_from in (("mine", pretrained), ("other", flyp)):
+        with checkpoint.Checkpointer(tmp_path / name) as manager:
+            manager.save(1, {"params": flyp}, force=True, metadata=checkpoint.provenance(
+                "flyp", f"orbax {name}", started_from))
+    paths = [str(tmp_path / "mine"), str(tmp_path / "other"), str(runs / "flyp")]
+    with pytest.raises(ValueError, match=r"1 checkpoint\(s\) were not fine-tuned from the "
+                                         r"sweep's pretrained model 'orbax P'.*other \(started "
+                                         r"from 'orbax other'.*--allow_other_pretrained"):
+        sweep.check_provenance(paths, checkpoint.tree_sha256(pretrained["img"]), "orbax P")
+    sweep.check_provenance(paths[:1], checkpoint.tree_sha256(pretrained["img"]), "orbax P")
 
 
 def test_method_names_are_the_trailing_path_parts_that_differ(runs):

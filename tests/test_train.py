@@ -24,8 +24,8 @@ import pytest
 from clu import metric_writers
 from etils import epath
 
-from wlsft_jax import (context as context_lib, methods, objectives, optim, recipes, sharding,
-                       train)
+from wlsft_jax import (checkpoint, context as context_lib, methods, objectives, optim, recipes,
+                       sharding, train)
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,6 +166,14 @@ def ft_baseline(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ft_baseline")
     init_params, params, writer = train_run(tiny_config("ft"), workdir)
     return dict(init=init_params, params=params, losses=writer.losses("ft"), workdir=workdir)
+
+
+def test_each_checkpoint_records_what_the_stage_started_from(ft_baseline):
+    with checkpoint.Checkpointer(ft_baseline["workdir"]) as manager:
+        recorded = manager.metadata(6)
+    assert recorded["stage"] == "ft"
+    assert recorded["init_img_sha256"] == checkpoint.tree_sha256(ft_baseline["init"]["img"])
+    assert recorded["init_img_sha256"] != checkpoint.tree_sha256(ft_baseline["params"]["img"])
 
 
 def test_same_config_and_seed_give_bitwise_the_same_run(ft_baseline, tmp_path):

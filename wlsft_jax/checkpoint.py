@@ -4,16 +4,21 @@ Each checkpoint step holds three items:
   - "state":    the training state pytree, e.g. {params, opt_state, step, rng} (jax.Arrays);
   - "data":     the grain iterator position, one JSON file per process;
   - "metadata": a small JSON dict (config, stage, ...).
-Saves run in the background. Orbax writes each step into a temporary directory and commits it
+`provenance` is that metadata for a training stage: what its params started from, with a
+content hash of the image tower (`tree_sha256`), so a sweep can refuse to mix a checkpoint with
+a pretrained model it was not fine-tuned from. Saves run in the background. Orbax writes each step into a temporary directory and commits it
 at the end, so a save cut short (crash, preemption) is never taken for a checkpoint. The
 directory may be local or on GCS (`gs://...`).
 """
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policies
@@ -28,6 +33,28 @@ def restore_target(shapes: Any, shardings: Any) -> Any:
         shapes,
         shardings,
     )
+
+
+def tree_sha256(tree: Any) -> str | None:
+    """sha256 of a params pytree: every leaf's path, dtype, shape and bytes, in path order.
+    None when a leaf spans other processes (a pod), which this process cannot read whole."""
+    leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(tree))
+    if any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable for _, leaf in leaves):
+        return None
+    digest = hashlib.sha256()
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def provenance(stage: str, init_source: str, init_params: Any) -> dict[str, Any]:
+    """The metadata a training stage saves with each checkpoint: its name, what its params
+    started from, and the sha256 of its initial image tower ("img"; None without one)."""
+    image_tower = init_params.get("img") if isinstance(init_params, Mapping) else None
+    return dict(stage=stage, init=init_source,
+                init_img_sha256=None if image_tower is None else tree_sha256(image_tower))
 
 
 class Checkpointer:

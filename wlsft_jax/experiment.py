@@ -96,6 +96,13 @@ def periodic_evaluation(config, evaluator, evaluated, *, method, seed):
     return evaluate
 
 
+def init_description(config) -> str:
+    """What config.init names, e.g. "pretrained world_clip" or "orbax gs://b/run/pretrain"."""
+    init = config.init
+    what = init.get("name") if init.format == "pretrained" else init.get("path")
+    return f"{init.format} {what}" if what else init.format
+
+
 def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
     """Trains every stage of `config` in `workdir`, then evaluates; returns report records."""
     context = context_lib.Context(config, workdir=workdir, mesh=mesh, writer=writer)
@@ -127,7 +134,8 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 name=name, stage_config=stage_config, spec=stage.spec, init_params=start,
                 mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
                 seed=stage_seed, writer=writer, periodic_eval=evaluator and periodic_evaluation(
-                    config, evaluator, stage.evaluated, method=name, seed=stage_seed))
+                    config, evaluator, stage.evaluated, method=name, seed=stage_seed),
+                init_source=init_description(config) if initial else f"stage {source}")
             if method.RUNS_ONCE:
                 once[name] = reference = outputs[name]
             elif reference is None:

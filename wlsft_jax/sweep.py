@@ -68,6 +68,9 @@ class Sweep:
     seeds: dict[str, int]
     alphas: tuple[float, ...]
     datasets: tuple[str, ...]
+    # Mix checkpoints fine-tuned from another pretrained model than the sweep's (their
+    # provenance says so) instead of refusing them.
+    allow_other_pretrained: bool = False
 
     def cells(self) -> list[Cell]:
         return [Cell(path, alpha, dataset, method, self.seeds[path])
@@ -82,7 +85,8 @@ class Outcome:
     failures: list[dict]
 
 
-def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None) -> Sweep:
+def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None,
+         allow_other_pretrained=False) -> Sweep:
     """Checks every input and expands the checkpoint globs; reads no weights and no data.
 
     Raises ValueError naming the valid choices for a glob that matches nothing, an alpha outside
@@ -113,7 +117,8 @@ def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None) ->
                  seeds={path: config.seed if seed is None else seed
                         for path, seed in seeds.items()},
                  alphas=parse_alphas(config.eval.alphas if alphas is None else alphas),
-                 datasets=select_datasets(config.data, datasets))
+                 datasets=select_datasets(config.data, datasets),
+                 allow_other_pretrained=allow_other_pretrained)
 
 
 def checkpoint_format(path: str) -> str:
@@ -300,6 +305,10 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
     config = sweep.config
     context = context_lib.Context(config, workdir=out, mesh=mesh)
     targets = _restore_targets(config, context.models, context.tokenizer, mesh)
+    if not sweep.allow_other_pretrained:
+        check_provenance(sorted({cell.checkpoint for cell in pending}),
+                         checkpoint.tree_sha256(context.initial_params["img"]),
+                         experiment.init_description(config))
     pretrained = jax.device_put(context.initial_params, _shardings(targets["clip"]))
     # A CLIP is mixed whole (its head then rebuilt from the mixed text tower); a classifier is
     # mixed against the pretrained image tower with its zero-shot head, as in the main run.
@@ -354,6 +363,35 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
         del fine_tuned, params  # Before the next checkpoint is read.
 
 
+def check_provenance(paths, pretrained_img_sha256, pretrained_description) -> None:
+    """ValueError listing the orbax checkpoints among `paths` whose recorded initial image
+    tower (`checkpoint.provenance`) is not the sweep's pretrained one. Hugging Face directories
+    and checkpoints saved without provenance are logged, not refused."""
+    mismatches = []
+    for path in paths:
+        if checkpoint_format(path) != "orbax":
+            continue
+        with checkpoint.Checkpointer(path) as manager:
+            step = manager.latest_step()
+            try:
+                recorded = manager.metadata(step) if step is not None else {}
+            except Exception:  # Saved before provenance was recorded.
+                recorded = {}
+        recorded_sha256 = (recorded or {}).get("init_img_sha256")
+        if recorded_sha256 is None:
+            logging.warning("%s records no initial image tower; it is mixed with %s unchecked.",
+                            path, pretrained_description)
+        elif pretrained_img_sha256 and recorded_sha256 != pretrained_img_sha256:
+            mismatches.append(f"{path} (started from {recorded.get('init')!r}, image tower "
+                              f"sha256 {recorded_sha256[:12]})")
+    if mismatches:
+        raise ValueError(
+            f"{len(mismatches)} checkpoint(s) were not fine-tuned from the sweep's pretrained "
+            f"model {pretrained_description!r} (image tower sha256 "
+            f"{pretrained_img_sha256[:12]}): {'; '.join(mismatches)}. Pass the model they "
+            "started from as --pretrained, or --allow_other_pretrained to mix them anyway.")
+
+
 def _shardings(target):
     return jax.tree.map(lambda leaf: leaf.sharding, target)
 
@@ -385,10 +423,14 @@ def load_checkpoint(path: str, config, targets: dict) -> dict:
             raise ValueError(f"{path} holds no complete orbax checkpoint (nor a Hugging Face "
                              "config.json); give a stage directory of an earlier run.")
         names = manager.param_names(step)
-        if "txt" in names:
-            return manager.restore_params(step, targets["clip"])
-        if names == ["head", "img"]:
-            return manager.restore_params(step, targets["classifier"])
+        kind = "clip" if "txt" in names else "classifier" if names == ["head", "img"] else None
+        if kind:
+            try:
+                return manager.restore_params(step, targets[kind])
+            except Exception as error:
+                raise ValueError(f"{path} step {step} does not restore ({type(error).__name__}: "
+                                 f"{str(error).splitlines()[0][:200]}); rerun its training "
+                                 "command, which sets a damaged step aside.") from error
     raise ValueError(f"{path} (step {step}) holds params {names}; a sweep reads a CLIP "
                      "({img, txt, ...}) or a classifier ({head, img}).")
 

@@ -156,10 +156,11 @@ def make_train_step(spec, tx, frozen_mask, accum_steps):
 
 
 def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
-        periodic_eval=None):
+        periodic_eval=None, init_source: str = ""):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
 
-    Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter.
+    Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter. Each
+    checkpoint records `checkpoint.provenance` (`init_source` says what `init_params` are).
     `periodic_eval(params) -> {name: value}` runs every `stage_config.eval_every` steps (when
     set) and at the last step; its values are logged and written under `<stage>/eval/`.
     """
@@ -175,6 +176,7 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         overview.log_param_counts(init_params, name=name, table_path=workdir / "parameters.txt")
+    metadata = checkpoint.provenance(name, init_source, init_params)
     tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
     frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
     param_shardings = spec.param_shardings(mesh)
@@ -249,7 +251,8 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
             writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
             logging.info("[%s] step %d: %s", name, step,
                          ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        manager.save(step, state, data_iterator=data_iter, force=step == steps)
+        manager.save(step, state, data_iterator=data_iter, metadata=metadata,
+                     force=step == steps)
     manager.close()
     writer.flush()
     return state["params"]

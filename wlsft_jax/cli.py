@@ -1,0 +1,113 @@
+"""The command lines' error handling (`wlsft_jax.main`, `launch/sweep.py`): a user error
+(configuration, data, weights, workdir) ends the program with status 2 and one line saying what
+is wrong and what is valid, not a traceback; `--traceback` (or WLSFT_TRACEBACK=1) shows it."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+
+# Before anything imports TensorFlow (clu's TensorBoard writer, tfds): its C++ INFO lines off,
+# and its oneDNN notice (TensorFlow only writes events and reads datasets here; no TF math).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags  # noqa: E402 (after the environment)
+from etils import epath  # noqa: E402
+
+from wlsft_jax import workdir  # noqa: E402
+
+USAGE_ERROR_STATUS = 2
+USER_ERRORS = (ValueError, FileNotFoundError, workdir.WorkdirBusyError)
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "On an error, show the full traceback (also WLSFT_TRACEBACK=1).")
+
+
+def run(main, program: str) -> None:
+    """`app.run(main)` with user errors reported as one line, "<program>: error: ...", and
+    status 2."""
+    exit_ = lambda message: exit_with_message(program, message)
+    app.run(_with_clean_errors(main, exit_), flags_parser=lambda argv: parse_flags(argv, exit_))
+
+
+def _wants_traceback(argv=()) -> bool:
+    if os.environ.get("WLSFT_TRACEBACK") or "--traceback" in argv:
+        return True
+    return flags.FLAGS.is_parsed() and _TRACEBACK.value
+
+
+def _with_clean_errors(main, exit_):
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if _wants_traceback():
+                raise
+            exit_(f"{error} (rerun with --traceback to see where it came from)")
+    return wrapped
+
+
+def exit_with_message(program: str, message: str) -> None:
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR_STATUS)
+
+
+def parse_flags(argv, exit_):
+    """absl's flag parsing, with a missing config file or an unknown config override named as
+    such (`exit_(message)`)."""
+    try:
+        parsed = flags.FLAGS(argv)
+    except flags.Error as error:
+        exit_(str(error))
+    except Exception as error:  # ml_collections raises KeyError / AttributeError / OSError.
+        if _wants_traceback(argv):
+            raise
+        try:
+            message = config_override_problem(argv)
+        except Exception:  # The config file itself fails: report the original error.
+            message = None
+        exit_(message or f"{type(error).__name__}: {error}")
+    problem = config_file_problem(argv)
+    if problem:
+        exit_(problem)
+    return parsed
+
+
+def config_path(argv) -> tuple[str, str] | None:
+    """(file, argument) of `--config=FILE[:ARG]` in `argv`, if given."""
+    value = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+    return None if value is None else tuple(value.partition(":")[::2])
+
+
+def config_file_problem(argv) -> str | None:
+    """A message if `--config` names no file (ml_collections only fails later, at first use)."""
+    path = config_path(argv)
+    if path and not os.path.isfile(path[0]):
+        shipped = sorted(p.name for p in epath.Path("configs").glob("*.py")) or ["configs/*.py"]
+        return f"--config={path[0]}: no such config file; e.g. configs/ has {shipped}."
+    return None
+
+
+def config_override_problem(argv) -> str | None:
+    """For a `--config.a.b=v` override naming a key the config file lacks: which part is
+    unknown and the valid keys there (ml_collections says only KeyError / AttributeError)."""
+    path = config_path(argv)
+    if path is None or config_file_problem(argv):
+        return config_file_problem(argv)
+    spec = importlib.util.spec_from_file_location("_config_file", path[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(path[1]) if path[1] else module.get_config()
+    for override in argv:
+        match = re.fullmatch(r"--config\.([\w.]+)=.*", override)
+        node, where = config, "config"
+        for key in (match.group(1).split(".") if match else ()):
+            if not hasattr(node, "keys"):
+                break
+            if key not in node:
+                kind = "section" if where == "config" else "key"
+                return (f"{override}: unknown config {kind} {key!r} in {where}; valid: "
+                        f"{sorted(node.keys())}.")
+            node, where = node[key], f"{where}.{key}"
+    return None
