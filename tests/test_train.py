@@ -260,11 +260,33 @@ def _delete_manifests(step_dir):
         path.unlink()
 
 
+def _delete(relative_path):
+    def damage(step_dir):
+        (step_dir / relative_path).unlink()
+    damage.__name__ = f"delete_{relative_path.replace('/', '_')}"
+    return damage
+
+
 def _corrupt_data_position(step_dir):
     (step_dir / "data" / "process_0-of-1.json").write_text("{not json")
 
 
-@pytest.mark.parametrize("damage", [_truncate_array_files, _delete_manifests])
+@pytest.mark.parametrize("damage", [
+    _delete("state/_sharding"), _delete("_CHECKPOINT_METADATA"), _delete("commit_success.txt")],
+    ids=lambda damage: damage.__name__)
+def test_a_checkpoint_missing_a_file_that_restoring_does_not_need_still_restores(
+        ft_baseline, tmp_path, damage):
+    workdir = tmp_path / "run"
+    shutil.copytree(ft_baseline["workdir"], workdir)
+    damage(workdir / "6")
+    _, params, writer = train_run(tiny_config("ft"), workdir)
+    assert not writer.losses("ft") and not list(workdir.glob("*.corrupt"))
+    assert_trees_equal(params, ft_baseline["params"])
+
+
+@pytest.mark.parametrize("damage", [
+    _truncate_array_files, _delete_manifests, _delete("state/_METADATA")],
+    ids=lambda damage: damage.__name__)
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
         ft_baseline, tmp_path, damage, caplog):
     workdir = tmp_path / "run"

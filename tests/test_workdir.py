@@ -90,6 +90,29 @@ def test_a_user_error_is_one_line_with_status_2_and_leaves_no_workdir(tmp_path, 
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
+def test_two_runs_started_on_one_workdir_the_second_is_refused_and_the_first_finishes(tmp_path):
+    args = ["-m", "wlsft_jax.main", "--config=configs/ft_clip.py", "--config.ft.steps=20",
+            "--config.ft.optim.warmup_steps=2", "--config.eval.alphas=(1.0,)",
+            "--config.data.eval_examples_per_domain=20", f"--workdir={tmp_path / 'w'}"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "w" / "LOCK").exists():
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.1)
+        second = _run_main(args[2:])
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by process {first.pid} on host {socket.gethostname()}" in second.stderr
+        assert first.wait(timeout=600) == 0, first.communicate()[1][-2000:]
+    finally:
+        first.kill()
+    assert not (tmp_path / "w" / "LOCK").exists()
+    assert (tmp_path / "w" / "report" / "report.md").exists()
+
+
 def _children(pid):
     """Pids of the live processes whose parent is `pid` (from /proc)."""
     children = []
