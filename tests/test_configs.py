@@ -6,27 +6,13 @@ import re
 import subprocess
 import sys
 
-import jax
 import pytest
-from absl import flags
-from absl.testing import flagsaver
-from ml_collections import config_flags
 
+from helpers import REPO, load, run_main_in_process
 from wlsft_jax import checks, experiment, recipes
 from wlsft_jax.data import world
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
-
-
-def load(path=os.path.join(REPO, "configs", "ft_clip.py"), *overrides):
-    """The config of `path` as `--config=path --config.<key>=<value> ...` gives it."""
-    argv = ["prog", f"--config={path}", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                    lock_config=True, sys_argv=argv)
-    flag_values(argv)
-    return flag_values.config
 
 
 def test_there_are_configs():
@@ -169,22 +155,6 @@ def test_accum_steps_must_divide_the_batch_size():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"), "--config.ft.accum_steps=3")
     with pytest.raises(ValueError, match=r"batch_size=128 does not split into accum_steps=3"):
         checks.check_config(config)
-
-
-def run_main_in_process(argv, monkeypatch):
-    """`wlsft_jax.main` with `argv` in this process (8 CPU devices), flags and the mesh that
-    main sets restored afterwards (a later test in this process may use another mesh)."""
-    from wlsft_jax import main
-
-    monkeypatch.setattr(sys, "argv", argv)  # The config flag reads its overrides from here.
-    with flagsaver.flagsaver(), jax.set_mesh(None):
-        try:
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(argv)
-            main.main(["main"])
-        finally:
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS.mark_as_parsed()
 
 
 @pytest.mark.parametrize("overrides, message", [

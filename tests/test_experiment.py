@@ -4,7 +4,7 @@ trained from scratch (DINO) scored as trained, and periodically while it trains.
 import os
 
 from wlsft_jax import report
-from test_configs import REPO, run_main_in_process
+from helpers import REPO, run_main_in_process
 
 TINY = ["--config.data.image_size=16",
         "--config.data.train_examples_per_domain=48", "--config.data.eval_examples_per_domain=16",

@@ -17,7 +17,7 @@ from etils import epath
 from wlsft_jax import checks, context as context_lib, experiment, methods, recipes, sharding
 from wlsft_jax.data import imagenet_classes, pipeline, tasks, templates, transforms, wilds
 from wlsft_jax.evals import zero_shot
-from test_configs import REPO, load
+from helpers import REPO, load
 from test_convert import save_hf_clip
 from test_sources import (NUM_MOCK_EXAMPLES, mocked_tfds, png_bytes, tfds_dir,  # noqa: F401
                           write_breeds, write_fmow, write_iwildcam, write_objectnet)

@@ -19,7 +19,7 @@ import pytest
 from wlsft_jax import checkpoint, context as context_lib, experiment, report, sharding, sweep
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
-from test_configs import REPO, load
+from helpers import REPO, load
 
 CONFIG = os.path.join(REPO, "configs", "flyp_clip.py")
 TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_domain=16",

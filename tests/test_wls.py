@@ -24,7 +24,7 @@ from wlsft_jax.data import captions, pipeline, tasks, transforms, world
 from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import wls as wls_method
 from wlsft_jax.models import adapters, bert, vit, wls
-from test_configs import REPO, load, run_main_in_process
+from helpers import REPO, load, run_main_in_process
 from test_train import RecordingWriter, _tokenizer, flat, saved_state
 
 TINY_IMAGE = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8)

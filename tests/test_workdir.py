@@ -12,7 +12,7 @@ import time
 import pytest
 from etils import epath
 
-from test_configs import REPO
+from helpers import REPO
 from wlsft_jax import recipes, workdir as workdir_lib
 
 
