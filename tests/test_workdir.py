@@ -183,3 +183,16 @@ def test_a_main_job_prints_a_short_log_without_library_info_lines_and_the_table_
     assert not [line for line in lines if "port.cc" in line or "oneDNN" in line]
     assert result.stdout.strip().splitlines()[-1].startswith("| zeroshot |")
     assert "img/embedding/kernel" in (tmp_path / "w" / "ft" / "parameters.txt").read_text()
+    # README's Outputs section names exactly what the run wrote (LOCK only while it runs).
+    readme = open(os.path.join(REPO, "README.md")).read()
+    outputs = readme[readme.index("## Outputs"):readme.index("## Resuming")]
+    named = set()
+    for bullet in outputs.split("\n- ")[1:]:
+        tokens = [token.replace("<stage>", "ft").replace("<metric>", "top1").rstrip("/")
+                  for token in re.findall(r"`([\w<>./-]+)`", bullet) if "seed" not in token]
+        named |= {tokens[0]} | {f"{tokens[0]}/{token}" if tokens[0] == "report" else token
+                                for token in tokens[1:]}
+    workdir = tmp_path / "w"
+    written = {path.name for path in workdir.iterdir()} | {"LOCK", "ft/parameters.txt"}
+    written |= {f"report/{path.name}" for path in (workdir / "report").iterdir()}
+    assert written == named
