@@ -16,6 +16,7 @@ from wlsft_jax.models import vit
 # examples=500)` when the file was made); a rebuilt or damaged file must land within 2 points.
 CARDS_500 = {
     "world_clip": dict(photo=62.2, sketch=57.0, painting=63.2, clipart=70.2, neon=61.0),
+    "world_dino": dict(photo=22.6, sketch=7.6, painting=11.2, clipart=10.0, neon=12.2),
 }
 
 
@@ -69,7 +70,8 @@ def test_a_damaged_or_missing_file_is_a_one_line_error_saying_how_to_rebuild(wei
 
 
 def test_an_unknown_name_lists_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"'world_clipp'; valid names: \['world_clip'\]"):
+    with pytest.raises(ValueError,
+                       match=r"'world_clipp'; valid names: \['world_clip', 'world_dino'\]"):
         pretrained.load("world_clipp")
 
 

@@ -51,6 +51,10 @@ MODELS = {
                         sha256="dbbcd274493fe8da5608ecb6d3a3aff1c500c060b8fbcde0e462a642e8120859",
                         kind="clip",
                         config="configs/pretrain_clip.py:long", stage="pretrain"),
+    "world_dino": Named(file="world_dino.npz",
+                        sha256="90a6dae6b00e16b4e5990c109fec5bba8e2c19242477ada35ccc11608654d862",
+                        kind="vit",
+                        config="configs/pretrain_dino.py", stage="dino"),
 }
 
 
