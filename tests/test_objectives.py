@@ -67,9 +67,9 @@ def test_clip_contrastive_matches_numpy_reference():
     np.testing.assert_allclose(metrics["loss_i2t"], expected_i2t, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss_t2i"], expected_t2i, rtol=1e-5)
     similarity = zimg @ ztxt.T
-    np.testing.assert_allclose(metrics["accuracy_i2t"],
+    np.testing.assert_allclose(metrics["in_batch_retrieval_i2t"],
                                np.mean(similarity.argmax(1) == np.arange(8)))
-    np.testing.assert_allclose(metrics["accuracy_t2i"],
+    np.testing.assert_allclose(metrics["in_batch_retrieval_t2i"],
                                np.mean(similarity.argmax(0) == np.arange(8)))
 
 
@@ -79,13 +79,13 @@ def test_clip_contrastive_is_symmetric_in_the_towers():
     swapped_loss, swapped = objectives.clip_contrastive(ztxt, zimg, 5.0)
     np.testing.assert_allclose(swapped_loss, loss, rtol=1e-6)
     np.testing.assert_allclose(swapped["loss_i2t"], metrics["loss_t2i"], rtol=1e-6)
-    np.testing.assert_allclose(swapped["accuracy_t2i"], metrics["accuracy_i2t"])
+    np.testing.assert_allclose(swapped["in_batch_retrieval_t2i"], metrics["in_batch_retrieval_i2t"])
 
 
 def test_clip_contrastive_perfect_pairs_have_full_accuracy():
     eye = jnp.eye(4)
     loss, metrics = objectives.clip_contrastive(eye, eye, 100.0)
-    assert float(metrics["accuracy_i2t"]) == float(metrics["accuracy_t2i"]) == 1.0
+    assert float(metrics["in_batch_retrieval_i2t"]) == float(metrics["in_batch_retrieval_t2i"]) == 1.0
     assert float(loss) < 1e-6
 
 
@@ -96,7 +96,7 @@ def test_clip_contrastive_mask_equals_loss_on_valid_rows_with_finite_grads():
     expected, _, _ = _reference_clip_loss(zimg[mask], ztxt[mask], 10.0)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     _, valid_metrics = objectives.clip_contrastive(zimg[mask], ztxt[mask], 10.0)
-    np.testing.assert_allclose(metrics["accuracy_i2t"], valid_metrics["accuracy_i2t"])
+    np.testing.assert_allclose(metrics["in_batch_retrieval_i2t"], valid_metrics["in_batch_retrieval_i2t"])
 
     grads = jax.grad(lambda a, b: objectives.clip_contrastive(a, b, 10.0, mask)[0],
                      argnums=(0, 1))(jnp.asarray(zimg), jnp.asarray(ztxt))
@@ -116,8 +116,8 @@ def test_clip_contrastive_batch_sharded_under_jit_matches_unsharded():
     loss, metrics = jax.jit(objectives.clip_contrastive)(*sharded, jnp.float32(10.0))
     expected, _ = objectives.clip_contrastive(zimg, ztxt, 10.0)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(metrics["accuracy_i2t"],
-                               objectives.clip_contrastive(zimg, ztxt, 10.0)[1]["accuracy_i2t"])
+    np.testing.assert_allclose(metrics["in_batch_retrieval_i2t"],
+                               objectives.clip_contrastive(zimg, ztxt, 10.0)[1]["in_batch_retrieval_i2t"])
 
 
 def test_bf16_inputs_give_float32_loss():
