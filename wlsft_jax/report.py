@@ -485,9 +485,10 @@ def plot_metric_vs_alpha(
     ood_metric: str | None = None,
 ) -> None:
     """`metric` against alpha for each method: ID (solid), average OOD (dashed) and each OOD
-    dataset (thin), seed means; the weak-language-supervision figure of k-NN accuracy versus
-    adapter alpha, and WiSE-FT's curves read along alpha. OOD curves show `ood_metric` when
-    given (as in `write_report`)."""
+    dataset (thin, named at its right end), seed means, with a band of one standard deviation
+    over seeds around ID and average OOD when there are several; the weak-language-supervision
+    figure of k-NN accuracy versus adapter alpha, and WiSE-FT's curves read along alpha. OOD
+    curves show `ood_metric` when given (as in `write_report`)."""
     metrics = _kind_metrics(metric, ood_metric)
     rows = _build_rows(_unique_records(records), id_dataset=id_dataset,
                        ood_datasets=list(ood_datasets), metrics=metrics)
@@ -501,13 +502,26 @@ def plot_metric_vs_alpha(
                            label=f"{method}: ID ({id_dataset})")
         ax.plot(alphas, [row.mean(AVG_OOD) for row in curve], "s--", color=drawn.get_color(),
                 label=f"{method}: average OOD")
+        for column in (id_dataset, AVG_OOD):
+            if min(len(row.seeds) for row in curve) > 1:
+                means = np.array([row.mean(column) for row in curve])
+                stds = np.array([np.std(row.columns[column], ddof=STD_DDOF) for row in curve])
+                ax.fill_between(alphas, means - stds, means + stds, color=drawn.get_color(),
+                                alpha=0.15, lw=0)
         for dataset in ood_datasets:
-            ax.plot(alphas, [row.mean(dataset) for row in curve], "-", lw=0.7, alpha=0.5,
-                    color=drawn.get_color())
+            values = [row.mean(dataset) for row in curve]
+            ax.plot(alphas, values, "-", lw=0.7, alpha=0.5, color=drawn.get_color())
+            ax.annotate(dataset, (alphas[-1], values[-1]), xytext=(3, 0),
+                        textcoords="offset points", fontsize=7, va="center",
+                        color=drawn.get_color())
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("alpha (0: pretrained, 1: tuned)")
     ax.set_ylabel(_metric_label(metrics))
-    ax.set_title(f"{_metric_label(metrics)} vs alpha (thin: each OOD dataset)", fontsize=10)
+    seeds = max(len(row.seeds) for row in rows)
+    spread = f"; mean ± std over {seeds} seeds" if seeds > 1 else ""
+    ax.set_title(f"{_metric_label(metrics)} vs alpha (thin: each OOD dataset{spread})",
+                 fontsize=10)
+    ax.set_xlim(min(row.alpha for row in rows) - 0.03, max(row.alpha for row in rows) + 0.12)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
