@@ -312,7 +312,7 @@ def test_when_no_checkpoint_restores_nothing_is_moved_and_the_error_is_one_line(
                        match=r"no checkpoint in .* restores \(steps \[4\]\)") as error:
         train_run(tiny_config("ft"), workdir)
     assert "\n" not in str(error.value)
-    assert sorted(p.name for p in workdir.iterdir()) == ["4"]
+    assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == ["4"]
 
 
 def _resume_test_run(workdir, losses_path, params_path, delay):

@@ -89,6 +89,8 @@ def main(argv):
                                                 writer=writer)
                 print(table)
             writer.close()
+    except workdir_lib.WorkdirBusyError:  # The workdir is another run's: leave it be.
+        raise
     except Exception:
         if is_new and is_main_process and not _holds_checkpoints(workdir):
             workdir.rmtree(missing_ok=True)

@@ -316,12 +316,10 @@ def plot_id_vs_ood(
         ids = clip([row.mean(id_dataset) for row in curve])
         oods = clip([row.mean(AVG_OOD) for row in curve])
         (drawn,) = ax.plot(ids, oods, "o-", label=method)
-        for row, x, y in zip(curve, ids, oods):
-            if row.alpha in (0.0, 1.0):
-                ax.annotate(
-                    f"α={row.alpha:g}", (x, y), textcoords="offset points", xytext=(5, -12),
-                    fontsize=8, color=drawn.get_color(),
-                )
+        for row, x, y in zip(curve, ids, oods):  # Every alpha marked along its curve.
+            ax.annotate(f"α={row.alpha:g}" if row.alpha in (0.0, 1.0) else f"{row.alpha:g}",
+                        (x, y), textcoords="offset points", xytext=(4, 5), fontsize=7,
+                        color=drawn.get_color())
     ticks = [p for p in _ROUND_FRACTIONS if limits[0] <= p <= limits[1]]
     for axis in (ax.xaxis, ax.yaxis):
         if len(ticks) >= 3:  # else the logit scale's own locator finds finer ticks
@@ -330,8 +328,9 @@ def plot_id_vs_ood(
         axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(*limits)
     ax.set_ylim(*limits)
-    ax.set_xlabel(f"ID {metrics['id']} ({id_dataset})")
-    ax.set_ylabel(f"Average OOD {metrics['ood']}")
+    ax.set_xlabel(f"ID {metrics['id']} ({id_dataset}), logit scale")
+    ax.set_ylabel(f"Average OOD {metrics['ood']}, logit scale")
+    ax.set_title(f"ID vs average OOD {metrics['ood']}, seed means along alpha", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     figure.tight_layout()

@@ -79,8 +79,8 @@ def _resume(manager, target, fresh_state, steps, make_data_iter, name):
         except Exception as error:  # orbax / tensorstore raise many kinds for damaged files.
             failures.append((step, error))
             continue
-        for bad_step, error in failures:
-            moved = manager.set_aside(bad_step)
+        for bad_step, error in failures:  # One process moves the shared directory.
+            moved = manager.set_aside(bad_step) if jax.process_index() == 0 else "<step>.corrupt"
             logging.warning("[%s] the checkpoint at step %d does not restore (%s: %s); moved to "
                             "%s, resuming from step %d.", name, bad_step, type(error).__name__,
                             str(error).splitlines()[0][:200], moved, step)
