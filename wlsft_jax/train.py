@@ -222,7 +222,9 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
         donate_argnums=(0,))
 
     # --- Loop ------------------------------------------------------------------------------------
-    progress = periodic_actions.ReportProgress(num_train_steps=steps, writer=writer,
+    # The progress line (steps/s, ETA) only: with a writer clu would also write untagged
+    # steps_per_sec / uptime scalars that mix the stages; the loop writes `<stage>/...` ones.
+    progress = periodic_actions.ReportProgress(num_train_steps=steps,
                                                every_steps=stage_config.log_every)
     log_time, log_step = time.perf_counter(), first_step
     for step in range(first_step + 1, steps + 1):
