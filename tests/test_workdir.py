@@ -185,7 +185,7 @@ def test_a_main_job_prints_a_short_log_without_library_info_lines_and_the_table_
     assert "img/embedding/kernel" in (tmp_path / "w" / "ft" / "parameters.txt").read_text()
     # README's Outputs section names exactly what the run wrote (LOCK only while it runs).
     readme = open(os.path.join(REPO, "README.md")).read()
-    outputs = readme[readme.index("## Outputs"):readme.index("## Resuming")]
+    outputs = readme[readme.index("## Outputs"):readme.index("### TensorBoard tags")]
     named = set()
     for bullet in outputs.split("\n- ")[1:]:
         tokens = [token.replace("<stage>", "ft").replace("<metric>", "top1").rstrip("/")
