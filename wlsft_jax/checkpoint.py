@@ -6,9 +6,9 @@ Each checkpoint step holds three items:
   - "metadata": a small JSON dict (config, stage, ...).
 `provenance` is that metadata for a training stage: what its params started from, with a
 content hash of the image tower (`tree_sha256`), so a sweep can refuse to mix a checkpoint with
-a pretrained model it was not fine-tuned from. Saves run in the background. Orbax writes each step into a temporary directory and commits it
-at the end, so a save cut short (crash, preemption) is never taken for a checkpoint. The
-directory may be local or on GCS (`gs://...`).
+a pretrained model it was not fine-tuned from. Saves run in the background. Orbax writes each
+step into a temporary directory and commits it at the end, so a save cut short (crash,
+preemption) is never taken for a checkpoint. The directory may be local or on GCS (`gs://...`).
 """
 import hashlib
 import os
@@ -55,6 +55,12 @@ def provenance(stage: str, init_source: str, init_params: Any) -> dict[str, Any]
     image_tower = init_params.get("img") if isinstance(init_params, Mapping) else None
     return dict(stage=stage, init=init_source,
                 init_img_sha256=None if image_tower is None else tree_sha256(image_tower))
+
+
+def error_line(error: BaseException, limit: int = 200) -> str:
+    """"Type: first line of the message" (orbax and tensorstore errors run to many lines)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit] if lines else ''}"
 
 
 class Checkpointer:

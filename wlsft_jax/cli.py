@@ -92,9 +92,9 @@ def config_file_problem(argv) -> str | None:
 def config_override_problem(argv) -> str | None:
     """For a `--config.a.b=v` override naming a key the config file lacks: which part is
     unknown and the valid keys there (ml_collections says only KeyError / AttributeError)."""
-    path = config_path(argv)
-    if path is None or config_file_problem(argv):
-        return config_file_problem(argv)
+    path, missing_file = config_path(argv), config_file_problem(argv)
+    if path is None or missing_file:
+        return missing_file
     spec = importlib.util.spec_from_file_location("_config_file", path[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -48,9 +48,12 @@ class _QuietLibraries:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if logging.get_verbosity() < 1:  # --verbosity=1 shows every library's INFO lines.
-        # absl's handler passes records straight to its python_handler, so filter there.
-        logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+    # absl's handler passes records straight to its python_handler, so filter there (once, as
+    # tests call main repeatedly); --verbosity=1 shows every library's INFO lines.
+    handler = logging.get_absl_handler().python_handler
+    if logging.get_verbosity() < 1 and not any(isinstance(f, _QuietLibraries)
+                                               for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
     # Imports after flag parsing so `--help` stays fast.
     import jax
     from clu import metric_writers

@@ -374,10 +374,10 @@ def check_provenance(paths, pretrained_img_sha256, pretrained_description) -> No
         with checkpoint.Checkpointer(path) as manager:
             step = manager.latest_step()
             try:
-                recorded = manager.metadata(step) if step is not None else {}
+                recorded = (manager.metadata(step) if step is not None else None) or {}
             except Exception:  # Saved before provenance was recorded.
                 recorded = {}
-        recorded_sha256 = (recorded or {}).get("init_img_sha256")
+        recorded_sha256 = recorded.get("init_img_sha256")
         if recorded_sha256 is None:
             logging.warning("%s records no initial image tower; it is mixed with %s unchecked.",
                             path, pretrained_description)
@@ -428,8 +428,8 @@ def load_checkpoint(path: str, config, targets: dict) -> dict:
             try:
                 return manager.restore_params(step, targets[kind])
             except Exception as error:
-                raise ValueError(f"{path} step {step} does not restore ({type(error).__name__}: "
-                                 f"{str(error).splitlines()[0][:200]}); rerun its training "
+                raise ValueError(f"{path} step {step} does not restore "
+                                 f"({checkpoint.error_line(error)}); rerun its training "
                                  "command, which sets a damaged step aside.") from error
     raise ValueError(f"{path} (step {step}) holds params {names}; a sweep reads a CLIP "
                      "({img, txt, ...}) or a classifier ({head, img}).")

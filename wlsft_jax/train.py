@@ -81,9 +81,9 @@ def _resume(manager, target, fresh_state, steps, make_data_iter, name):
             continue
         for bad_step, error in failures:  # One process moves the shared directory.
             moved = manager.set_aside(bad_step) if jax.process_index() == 0 else "<step>.corrupt"
-            logging.warning("[%s] the checkpoint at step %d does not restore (%s: %s); moved to "
-                            "%s, resuming from step %d.", name, bad_step, type(error).__name__,
-                            str(error).splitlines()[0][:200], moved, step)
+            logging.warning("[%s] the checkpoint at step %d does not restore (%s); moved to %s, "
+                            "resuming from step %d.", name, bad_step,
+                            checkpoint.error_line(error), moved, step)
         return step, state, data_iter
     if failures:
         step, error = failures[0]
@@ -91,8 +91,8 @@ def _resume(manager, target, fresh_state, steps, make_data_iter, name):
         raise CheckpointError(
             f"[{name}] no checkpoint in {manager.directory} restores (steps "
             f"{[s for s, _ in failures]}); the newest, step {step}, fails with "
-            f"{type(error).__name__}: {str(error).splitlines()[0][:300]}. Use a new --workdir, "
-            "or move the step directories aside to start the stage over.")
+            f"{checkpoint.error_line(error, 300)}. Use a new --workdir, or move the step "
+            "directories aside to start the stage over.")
     return 0, fresh_state, make_data_iter()
 
 
@@ -176,7 +176,6 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         overview.log_param_counts(init_params, name=name, table_path=workdir / "parameters.txt")
-    metadata = checkpoint.provenance(name, init_source, init_params)
     tx, lr_schedule = optim.make_optimizer(stage_config.optim, init_params, total_steps=steps)
     frozen_mask = optim.frozen_mask(stage_config.optim, init_params)
     param_shardings = spec.param_shardings(mesh)
@@ -214,6 +213,7 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     if start:
         logging.info("[%s] resumed from step %d in %s", name, start, workdir)
     first_step = start
+    metadata = checkpoint.provenance(name, init_source, init_params)  # Only saves need it.
 
     train_step = jax.jit(
         make_train_step(spec, tx, frozen_mask, accum_steps),

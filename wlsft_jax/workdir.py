@@ -107,17 +107,11 @@ def release_lock(workdir: epath.Path, holder: dict) -> None:
         pass
 
 
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], tree
-
-
 def drift(recorded: dict, current: dict) -> list[str]:
     """'key: recorded -> current' for each key that differs and may change results."""
-    old, new = dict(_flatten(recorded)), dict(_flatten(current))
+    from flax import traverse_util  # Here: `--help` imports this module, and no jax.
+
+    old, new = (traverse_util.flatten_dict(tree, sep=".") for tree in (recorded, current))
     neutral = re.compile("|".join(f"(?:{key})" for key in OUTCOME_NEUTRAL_KEYS))
     return [f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
             for key in sorted(old.keys() | new.keys())

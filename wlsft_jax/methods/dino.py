@@ -5,8 +5,8 @@ by k-NN on its final-norm class token.
 
 The views are cut inside the jitted step from the batch's uint8 images (no extra host work):
 `GLOBAL_VIEWS` random resized crops at the image size (area scale `Settings.global_scale`) and
-`LOCAL_VIEWS` at half of it (`Settings.local_scale`), each flipped at random and colour-jittered (brightness, contrast,
-saturation, a random channel order standing in for hue, grayscale). Colour is strong in the
+`LOCAL_VIEWS` at half of it (`Settings.local_scale`), each flipped at random and colour-jittered
+(brightness, contrast, saturation, a random channel order standing in for hue, grayscale). Colour is strong in the
 world (8 object colours), so without colour jitter the views agree through colour alone. The
 teacher and the output center follow after every optimizer step (`train.TrainSpec.after_step`).
 A stage's `settings` (`--config.dino.settings.teacher_temperature=0.07`) override `Settings`.
@@ -107,8 +107,8 @@ def views(images_uint8, rng, *, mean, std, settings: Settings):
              + [(size // 2, settings.local_scale)] * LOCAL_VIEWS)
     out = []
     for index, (out_size, scale) in enumerate(specs):
-        crop_rngs, jitter_rngs = jax.random.split(jax.random.fold_in(rng, index), (2,
-                                                                                    images.shape[0]))
+        view_rng = jax.random.fold_in(rng, index)
+        crop_rngs, jitter_rngs = jax.random.split(view_rng, (2, images.shape[0]))
         view = jax.vmap(lambda image, r: _crop_one(image, r, out_size, scale))(images, crop_rngs)
         view = jax.vmap(_jitter_one)(view, jitter_rngs)
         out.append((view - jnp.asarray(mean)) / jnp.asarray(std))
