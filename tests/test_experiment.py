@@ -3,7 +3,7 @@ seeds, each mixed with the pretrained CLIP across alphas and scored by its metho
 trained from scratch (DINO) scored as trained, and periodically while it trains."""
 import os
 
-from wlsft_jax import report
+from wlsft_jax import report, train
 from helpers import REPO, run_main_in_process
 
 TINY = ["--config.data.image_size=16",
@@ -57,4 +57,7 @@ def test_a_stage_trained_from_scratch_is_scored_as_trained_and_while_it_trains(t
         for k in (1, 10) for name in ("top1", "top5")}
     events = "".join(path.read_bytes().decode("latin-1")
                      for path in (workdir / "tensorboard").iterdir())
-    assert "dino/eval/photo" in events and "dino/eval/sketch" in events
+    assert "dino/eval/val/photo" in events and "dino/eval/ood/sketch" in events
+    curve = train.read_eval_curve(workdir / "dino")
+    assert [row["step"] for row in curve] == [2, 4]
+    assert all(set(row) == {"step", "val/photo", "ood/sketch"} for row in curve)

@@ -135,7 +135,9 @@ def test_domainnet_task_has_40_classes_and_evaluates_on_centre_crops(tfds_dir):
     """recipes' `domainnet` task (LP-FT's): every domain in the 40 classes, and each eval set
     (and the k-NN bank of training records) sees CLIP's view: a 12 x 36 image resized to 8 x 24,
     whose central 8 columns are the green stripe."""
-    records = [{"image": striped_png(12, 36), "label": np.int64(label)} for label in (1, 0, 93)]
+    # The last record is held out of training for validation (tasks.HeldOut).
+    records = [{"image": striped_png(12, 36), "label": np.int64(label)}
+               for label in (1, 0, 93, 1)]
     data = recipes.real_data("domainnet", data_dir=tfds_dir, image_size=8, worker_count=0)
     with mocked_tfds(tfds_dir, records):
         task = tasks.build(data, seed=0)
@@ -462,3 +464,22 @@ def test_missing_wilds_and_breeds_files_name_what_to_provide(tmp_path):
     (tmp_path / breeds.IMAGENET_DIR / "train").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"ImageNet class n00000 not found: .*Extract all 1000"):
         sources.get_source("living17", split="train", data_dir=data_dir)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 49, 50, 51, 120])
+def test_held_out_validation_records_are_disjoint_from_training(count):
+    """Every 50th training record (the last, for a split of fewer) is validation, never trained
+    on; together they are the whole split."""
+    kept, held = (tasks.HeldOut(list(range(count)), 50, held_out=h) for h in (False, True))
+    kept, held = [kept[i] for i in range(len(kept))], [held[i] for i in range(len(held))]
+    assert sorted(kept + held) == list(range(count)) and not set(kept) & set(held)
+    assert held == ([i for i in range(count) if i % 50 == 49] or list(range(count))[1:][-1:])
+
+
+def test_real_task_validation_set_is_held_out_of_its_training_split(tfds_dir):
+    records = [{"image": png_bytes(), "label": np.int64(i % 2)} for i in range(120)]
+    data = recipes.real_data("cifar10_stl", data_dir=tfds_dir, image_size=8, worker_count=0)
+    with mocked_tfds(tfds_dir, records):
+        task = tasks.build(data, seed=0)
+    assert task.val_set.kind == tasks.VAL and task.val_set.name == "cifar10"
+    assert (len(task.train_source), len(task.val_set.source)) == (118, 2)

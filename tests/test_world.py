@@ -280,3 +280,21 @@ def test_world_eval_sets_render_each_record_once():
     for a, b, c in zip(first, again, (expected[i] for i in range(4))):
         np.testing.assert_array_equal(a["image"], c["image"])
         assert a is b
+
+
+def test_world_task_validates_on_its_val_split_and_watches_a_fixed_ood_subset():
+    """The ID validation set is the val split of the ID domain (images neither trained nor
+    tested on); the periodic sets are it and each OOD set cut to a fixed evenly spaced subset."""
+    from wlsft_jax import recipes
+    from wlsft_jax.data import tasks
+
+    task = tasks.build(recipes.world_data(image_size=8, eval_examples_per_domain=6), seed=0)
+    val = task.val_set
+    assert (val.name, val.kind, len(val.source)) == ("photo", tasks.VAL, 6)
+    expected = world.WorldSource(split="val", domains=("photo",), examples_per_domain=6,
+                                 image_size=8)
+    np.testing.assert_array_equal(val.source[5]["image"], expected[5]["image"])
+    sets = tasks.periodic_eval_sets(task, ood_examples=3)
+    assert [(s.name, s.kind, len(s.source)) for s in sets] == [("photo", tasks.VAL, 6)] + [
+        (d, tasks.OOD, 3) for d in ("sketch", "painting", "clipart", "neon")]
+    np.testing.assert_array_equal(sets[1].source[2]["image"], task.eval_sets[1].source[5]["image"])

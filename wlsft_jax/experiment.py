@@ -8,7 +8,7 @@ output is the reference model: the fine-tuning stages after it start from it and
 it (alpha 0). Fine-tuning stages train for each of `config.num_seeds` seeds. A stage with no
 reference (one that trains from scratch, e.g. `dino`) is scored as trained, at alpha 1. A CLIP
 reference is also reported zero-shot, once, under ZERO_SHOT. A stage with `eval_every` is also
-scored while it trains, in the report's ID metric (`train.run`'s periodic evaluation).
+scored while it trains on the ID validation set and subsampled OOD sets (`periodic_evaluation`).
 """
 from __future__ import annotations
 
@@ -85,13 +85,19 @@ def wise_ft_records(config, evaluator, theta0, theta1, *, method, seed,
     return records
 
 
-def periodic_evaluation(config, evaluator, evaluated, *, method, seed):
-    """params -> {dataset: the report's ID metric} of a stage while it trains."""
-    metric = report_metric(config, tasks.ID)
+def periodic_evaluation(config, context, model, evaluated, *, method, seed):
+    """params -> {"<kind>/<dataset>": the report's metric} of a stage while it trains, on the
+    ID validation set ("val/photo") and the OOD sets cut to eval.periodic_examples each
+    ("ood/sketch"), through the stage's evaluator; never on the ID test set."""
+    name = methods.get(config[method].method).EVALUATOR
+    evaluator = evals.get(name).Evaluator(context, model, eval_sets=tasks.periodic_eval_sets(
+        context.task, config.eval.periodic_examples))
+    metrics = {tasks.VAL: report_metric(config, tasks.ID), tasks.OOD: report_metric(config, tasks.OOD)}
 
     def evaluate(params):
         records = evaluator.run(evaluated(params), method=method, alpha=1.0, seed=seed)
-        return {r["dataset"]: r["value"] for r in records if r["metric"] == metric}
+        return {f"{r['kind']}/{r['dataset']}": r["value"] for r in records
+                if r["metric"] == metrics[r["kind"]]}
 
     return evaluate
 
@@ -103,8 +109,9 @@ def init_description(config) -> str:
     return f"{init.format} {what}" if what else init.format
 
 
-def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
-    """Trains every stage of `config` in `workdir`, then evaluates; returns report records."""
+def run(config, *, workdir: epath.Path, mesh, writer, evaluate: bool = True) -> list[dict]:
+    """Trains every stage of `config` in `workdir`, then evaluates; returns report records
+    (none with evaluate=False: the stages only train, with their periodic evaluation)."""
     context = context_lib.Context(config, workdir=workdir, mesh=mesh, writer=writer)
     built = {}  # Stage name -> its built stage, the same for every seed.
     once = {}  # Outputs of the stages that run once.
@@ -134,10 +141,13 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 name=name, stage_config=stage_config, spec=stage.spec, init_params=start,
                 mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
                 seed=stage_seed, writer=writer, periodic_eval=evaluator and periodic_evaluation(
-                    config, evaluator, stage.evaluated, method=name, seed=stage_seed),
+                    config, context, stage.spec.model, stage.evaluated, method=name,
+                    seed=stage_seed),
                 init_source=init_description(config) if initial else f"stage {source}")
             if method.RUNS_ONCE:
                 once[name] = reference = outputs[name]
+            elif not evaluate:
+                continue
             elif reference is None:
                 records += evaluator.run(stage.evaluated(outputs[name]), method=name,
                                          alpha=1.0, seed=seed)
@@ -146,7 +156,7 @@ def run(config, *, workdir: epath.Path, mesh, writer) -> list[dict]:
                 theta0 = jax.device_put(theta0, stage.spec.param_shardings(mesh))
                 records += wise_ft_records(config, evaluator, theta0, outputs[name],
                                            method=name, seed=seed, evaluated=stage.evaluated)
-        if seed == config.seed and reference is not None and "txt" in reference:
+        if evaluate and seed == config.seed and reference is not None and "txt" in reference:
             records += evals.get("zero_shot").Evaluator(context).run(
                 reference, method=ZERO_SHOT, alpha=0.0, seed=seed)
     return records

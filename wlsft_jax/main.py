@@ -21,18 +21,19 @@ from absl import app, flags, logging  # noqa: E402, I100
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
+CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config, e.g. configs/flyp_clip.py[:arg].", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
+WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, TensorBoard logs and the report go (local or gs://). "
     "Default: ./workdir/<config name>[_<arg>].")
 flags.mark_flags_as_required(["config"])
 
 
-def default_workdir(config_flag_value: str) -> str:
-    """./workdir/flyp_clip for configs/flyp_clip.py, ./workdir/flyp_clip_imagenet for :imagenet."""
+def default_workdir(config_flag_value: str, prefix: str = "") -> str:
+    """./workdir/flyp_clip for configs/flyp_clip.py, ./workdir/flyp_clip_imagenet for :imagenet
+    (./workdir/<prefix>flyp_clip with a prefix)."""
     path, _, arg = config_flag_value.partition(":")
-    name = os.path.splitext(os.path.basename(path))[0]
+    name = prefix + os.path.splitext(os.path.basename(path))[0]
     return os.path.join("workdir", f"{name}_{arg}" if arg else name)
 
 
@@ -45,9 +46,10 @@ class _QuietLibraries:
                 or any(part in record.pathname for part in ("/wlsft_jax/", "/clu/")))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def prepare(config):
+    """What every command does before it reads data: library INFO lines off (unless
+    --verbosity=1), the config and its names checked, the mesh made current and every batch
+    size checked against it; returns the mesh."""
     # absl's handler passes records straight to its python_handler, so filter there (once, as
     # tests call main repeatedly); --verbosity=1 shows every library's INFO lines.
     handler = logging.get_absl_handler().python_handler
@@ -56,11 +58,9 @@ def main(argv):
         handler.addFilter(_QuietLibraries())
     # Imports after flag parsing so `--help` stays fast.
     import jax
-    from clu import metric_writers
 
     from wlsft_jax import checks, experiment, sharding
 
-    config = _CONFIG.value
     checks.check_config(config)
     experiment.check_names(config)
     mesh = sharding.mesh_from_config(config)
@@ -73,8 +73,20 @@ def main(argv):
                 "batches)"] = config.eval.batch_size
     sharding.check_batch_sizes(mesh, batch_sizes)
     jax.set_mesh(mesh)
+    return mesh
 
-    workdir = epath.Path(_WORKDIR.value
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = CONFIG.value
+    mesh = prepare(config)
+    import jax
+    from clu import metric_writers
+
+    from wlsft_jax import experiment
+
+    workdir = epath.Path(WORKDIR.value
                          or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"])))
     is_main_process = jax.process_index() == 0
     is_new = not workdir.exists()

@@ -9,7 +9,7 @@ import dataclasses
 
 import ml_collections
 
-from wlsft_jax import checks
+from wlsft_jax import checks, methods
 
 INITIAL_WEIGHTS = checks.INITIAL_WEIGHTS  # A stage `input`: config.init's weights.
 
@@ -81,6 +81,9 @@ def stage(method: str, *, steps: int, batch_size: int = 128, **overrides):
         optim=optim(**overrides.pop("optim", {})), log_every=25, checkpoint_every=200,
         keep_checkpoints=2,
     ))
+    module = methods.get(method)
+    if module.EVALUATOR and not module.RUNS_ONCE:  # Fine-tuning: five points on each curve.
+        config.eval_every = max(1, steps // 5)
     config.update(overrides)
     return config
 
@@ -106,7 +109,8 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         stages=tuple(stages),
         eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
-                  report_metrics=dict(id="top1", ood="top1")),  # What the report tabulates.
+                  report_metrics=dict(id="top1", ood="top1"),  # What the report tabulates.
+                  periodic_examples=500),  # Per OOD set, in the evaluation while training.
     ))
     for name, stage_config in stage_configs.items():
         config[name] = stage_config

@@ -7,6 +7,7 @@ optimizer config (`wlsft_jax.optim`, regex schedule with `None` = frozen).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,10 +19,13 @@ import numpy as np
 import optax
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 
 from wlsft_jax import checkpoint, optim, sharding
 from wlsft_jax.data import pipeline
 from wlsft_jax.models import overview
+
+EVAL_CURVE = "eval_curve.jsonl"  # A stage's periodic evaluations, one JSON line each.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +159,12 @@ def make_train_step(spec, tx, frozen_mask, accum_steps):
     return train_step
 
 
+def read_eval_curve(workdir) -> list[dict]:
+    """The periodic evaluations a stage recorded in `workdir`: [{"step": s, "val/photo": ...}]."""
+    path = epath.Path(workdir) / EVAL_CURVE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
         periodic_eval=None, init_source: str = ""):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
@@ -162,7 +172,9 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter. Each
     checkpoint records `checkpoint.provenance` (`init_source` says what `init_params` are).
     `periodic_eval(params) -> {name: value}` runs every `stage_config.eval_every` steps (when
-    set) and at the last step; its values are logged and written under `<stage>/eval/`.
+    set) and at the last step; its values are logged, written under `<stage>/eval/` and kept,
+    one JSON line per evaluation, in `<workdir>/eval_curve.jsonl` (a resumed stage rewrites
+    the lines past its checkpoint).
     """
     steps = stage_config.steps
     batch_size = stage_config.batch_size
@@ -227,6 +239,7 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     progress = periodic_actions.ReportProgress(num_train_steps=steps,
                                                every_steps=stage_config.log_every)
     log_time, log_step = time.perf_counter(), first_step
+    curve = read_eval_curve(workdir)
     for step in range(first_step + 1, steps + 1):
         batch = sharding.put_batch(mesh, next(data_iter))
         state, metrics = train_step(state, batch)
@@ -253,6 +266,9 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
             writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
             logging.info("[%s] step %d: %s", name, step,
                          ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            curve = [row for row in curve if row["step"] < step] + [dict(step=step, **values)]
+            if jax.process_index() == 0:
+                (workdir / EVAL_CURVE).write_text("".join(json.dumps(r) + "\n" for r in curve))
         manager.save(step, state, data_iterator=data_iter, metadata=metadata,
                      force=step == steps)
     manager.close()

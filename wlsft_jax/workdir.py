@@ -9,8 +9,9 @@
   - **Config drift.** `config.json` records the config the workdir was made with and is never
     overwritten: a rerun whose config differs in any key that changes results stops with
     `ConfigDriftError` listing the keys (`OUTCOME_NEUTRAL_KEYS` may differ: logging and
-    checkpoint cadence, evaluation batch size, the mesh, the multi-host settings). Every start
-    appends its config, time and command line to `config_history.jsonl`.
+    checkpoint cadence, evaluation batch size and periodic evaluation, the mesh, the multi-host
+    settings). Every start appends its config, time and command line to
+    `config_history.jsonl`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ HISTORY = "config_history.jsonl"
 # Dotted config keys (regexes, full match) whose value cannot change what a run computes.
 OUTCOME_NEUTRAL_KEYS = (r"[^.]+\.log_every", r"[^.]+\.checkpoint_every",
                         r"[^.]+\.keep_checkpoints", r"[^.]+\.eval_every", r"eval\.batch_size",
+                        r"eval\.periodic_examples",
                         r"mesh\..*", r"distributed\..*")
 
 

@@ -4,7 +4,8 @@
 - "world": the embedded world (uint8 images rendered on the fly). ID = `data.id_domain`, OOD =
   each of `data.ood_domains`; pretraining reads the captions of `data.pretrain_domains`.
 - "real": datasets by name (`sources.get_source`) from `data.data_dir` or $TFDS_DATA_DIR.
-  `data.id_domain` is trained on its train split and evaluated on its held-out split (`SPLITS`),
+  `data.id_domain` is trained on its train split less a held-out validation slice (every
+  `VAL_EVERY`-th record) and evaluated on its held-out split (`SPLITS`),
   each of `data.ood_domains` on its evaluation split; `data.label_space` (e.g. "cifar_stl") reads
   them all in a shared label space. WILDS and BREEDS name their ID and OOD parts
   ("iwildcam/id" / "iwildcam/ood", "living17/source" / "living17/target"). Encoded images go
@@ -12,6 +13,8 @@
   evaluation view (eval: bicubic resize of the shorter side, central crop) to
   `data.image_size`. An OOD set whose classes are a subset (ImageNet-R / -A) or groups
   (ObjectNet) of the ID classes is scored through a logits transform onto its own classes.
+Every task also has an ID validation set (`Task.val_set`, the world's val split or the held-out
+training slice): hyperparameters are chosen and training is watched on it, never on a test set.
 `data.captions` (imagenet_20k / cc_20k / coco_10k: `data.caption_pairs` pairs, default the number
 in its name, read from `data.captions_path`) replaces the caption pairs of weak language
 supervision, which are otherwise the world's ID training records.
@@ -29,7 +32,8 @@ import numpy as np
 from wlsft_jax.data import captions, label_spaces, pipeline, sources, transforms, wilds, world
 
 SOURCES = ("world", "real")
-ID, OOD = "id", "ood"
+ID, OOD, VAL = "id", "ood", "val"
+VAL_EVERY = 50  # Real data: every 50th ID training record (2 %) is held out for validation.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +106,7 @@ class EvalSet:
     (None: the same classes), and the metrics of every example's prediction it is scored by
     besides top-1 / top-5 (names in `wilds.METRICS`; the evaluator then gathers predictions)."""
     name: str
-    kind: str  # ID or OOD.
+    kind: str  # ID, OOD or VAL.
     source: Any  # A grain RandomAccessDataSource.
     operations: tuple[grain.Transformation, ...]
     num_classes: int
@@ -118,7 +122,8 @@ class Task:
     their text operations and key selection). pretrain_source exists for the embedded world only;
     caption_source (image-caption pairs for WLS, read through caption_operations) for the world
     or with data.captions. train_eval_set is the ID training records seen as an eval set
-    (un-augmented): the feature bank of k-NN evaluation.
+    (un-augmented): the feature bank of k-NN evaluation. val_set is ID data held out from both
+    training and test (kind VAL), for choosing hyperparameters and watching training.
     """
     class_names: tuple[str, ...]
     train_source: Any
@@ -126,9 +131,17 @@ class Task:
     eval_sets: tuple[EvalSet, ...]
     eval_worker_count: int
     train_eval_set: EvalSet | None = None
+    val_set: EvalSet | None = None
     pretrain_source: Any = None
     caption_source: Any = None
     caption_operations: tuple[grain.Transformation, ...] = ()
+
+
+def periodic_eval_sets(task: Task, ood_examples: int) -> tuple[EvalSet, ...]:
+    """What a stage is scored on while it trains: the ID validation set and each OOD set cut to
+    `ood_examples` evenly spaced records (a fixed subset, so that the curves are comparable)."""
+    return (task.val_set, *(dataclasses.replace(s, source=EvenlySpaced(s.source, ood_examples))
+                            for s in task.eval_sets if s.kind == OOD))
 
 
 def check_names(data) -> None:
@@ -221,7 +234,11 @@ def _world_task(data, seed: int) -> Task:
         EvalSet(name=domain, kind=kind, operations=eval_operations, num_classes=len(world.CLASSES),
                 source=Memoized(source("test", (domain,), data.eval_examples_per_domain)))
         for domain, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]])
-    return Task(class_names=tuple(world.CLASSES), train_source=train,
+    val_set = EvalSet(name=data.id_domain, kind=VAL, operations=eval_operations,
+                      num_classes=len(world.CLASSES),
+                      source=Memoized(source("val", (data.id_domain,),
+                                             data.eval_examples_per_domain)))
+    return Task(class_names=tuple(world.CLASSES), train_source=train, val_set=val_set,
                 train_operations=tuple(_augment(data)), eval_sets=eval_sets, eval_worker_count=0,
                 train_eval_set=EvalSet(name=data.id_domain, kind=ID, source=Memoized(train),
                                        operations=eval_operations,
@@ -235,14 +252,18 @@ def _world_task(data, seed: int) -> Task:
 def _real_task(data) -> Task:
     options = {} if data.label_space is None else {"label_space": data.label_space}
 
-    def read(name, role, limit):
+    def read(name, role, limit, held_out=None):
         splits = dataset_splits(name)
         source, info = sources.get_source(splits.source or name, split=getattr(splits, role),
                                           data_dir=data.data_dir, **dict(splits.options),
                                           **options)
+        if held_out is not None:
+            source = HeldOut(source, VAL_EVERY, held_out=held_out)
         return (source if limit is None else EvenlySpaced(source, limit)), info
 
-    train, train_info = read(data.id_domain, "train", data.train_examples_per_domain)
+    train, train_info = read(data.id_domain, "train", data.train_examples_per_domain,
+                             held_out=False)
+    val, _ = read(data.id_domain, "train", data.eval_examples_per_domain, held_out=True)
     class_names = train_info.class_names
     eval_sets = []
     for name, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]]:
@@ -258,7 +279,11 @@ def _real_task(data) -> Task:
     train_eval_set = EvalSet(
         name=data.id_domain, kind=ID, source=train, num_classes=train_info.num_classes,
         operations=(*train_info.decode_operations, *_eval_view(data)))
-    return Task(class_names=class_names, train_source=train,
+    id_metrics = dataset_splits(data.id_domain).metrics
+    val_set = EvalSet(name=data.id_domain, kind=VAL, source=val, metrics=id_metrics,
+                      num_classes=train_info.num_classes,
+                      operations=(*train_info.decode_operations, *_eval_view(data, id_metrics)))
+    return Task(class_names=class_names, train_source=train, val_set=val_set,
                 train_operations=(*train_info.decode_operations, *_augment(data)),
                 eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count,
                 train_eval_set=train_eval_set)
@@ -314,6 +339,30 @@ class Memoized(grain.RandomAccessDataSource):
 
     def __repr__(self) -> str:
         return f"Memoized({self._source!r})"
+
+
+class HeldOut(grain.RandomAccessDataSource):
+    """Every `every`-th record of `source` (held_out=True; its last record if it has fewer
+    than `every`), or all the others (held_out=False): a validation slice cut from a training
+    split, disjoint from what trains."""
+
+    def __init__(self, source, every: int, *, held_out: bool):
+        self._source, self._every, self._held_out = source, every, held_out
+        count = len(source)
+        held = np.arange(every - 1, count, every)
+        if not len(held) and count > 1:
+            held = np.array([count - 1])
+        self._keys = held if held_out else np.setdiff1d(np.arange(count), held)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index: int):
+        return self._source[int(self._keys[index])]
+
+    def __repr__(self) -> str:
+        part = "held out" if self._held_out else "kept"
+        return f"HeldOut({self._source!r}, every={self._every}, {part}, size={len(self)})"
 
 
 class EvenlySpaced(grain.RandomAccessDataSource):

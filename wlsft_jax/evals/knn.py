@@ -71,12 +71,14 @@ def image_tower(model):
 
 class Evaluator:
     """k-NN accuracy (knn{k}_top1 / top5 for k in eval.knn_ks) of the image features
-    (eval.representation, by default "cls") of a stage's `model` on every eval set of `context.task`, against the
-    features of its ID training images (`task.train_eval_set`). Features are whole on every
-    process, so every process computes the same k-NN."""
+    (eval.representation, by default "cls") of a stage's `model` on every eval set of
+    `context.task` (or of `eval_sets`), against the features of its ID training images
+    (`task.train_eval_set`). Features are whole on every process, so every process computes
+    the same k-NN."""
 
-    def __init__(self, context, model):
+    def __init__(self, context, model, eval_sets=None):
         self.context = context
+        self.eval_sets = context.task.eval_sets if eval_sets is None else tuple(eval_sets)
         tower = image_tower(model)
         represent = REPRESENTATIONS[context.config.eval.get("representation", "cls")]
         self.features_fn = jax.jit(lambda params, images: represent(*tower.apply(
@@ -90,7 +92,7 @@ class Evaluator:
         bank, bank_labels = features_lib.labelled_features(self.features_fn, params["img"],
                                                            task.train_eval_set, **read)
         records = []
-        for eval_set in task.eval_sets:
+        for eval_set in self.eval_sets:
             queries, labels = features_lib.labelled_features(self.features_fn, params["img"],
                                                              eval_set, **read)
             accuracy = eval_set_accuracy(bank, bank_labels, queries, labels, eval_set=eval_set,
