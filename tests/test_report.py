@@ -154,22 +154,22 @@ def read_scalars(log_dir):
     return scalars
 
 
+# A fixed testbed line: the models trained without robust pretraining (wlsft_jax.testbed).
+TESTBED = report.Baseline(report.BaselineLine(slope=0.8, intercept=-0.9),
+                          [("small", 0.5, 0.3), ("large", 0.9, 0.6)], "test testbed")
+
+
 def test_effective_robustness_matches_hand_computation_and_tensorboard(tmp_path):
     metric_writers = pytest.importorskip("clu.metric_writers")
     writer = metric_writers.SummaryWriter(str(tmp_path / "tb"))
     table = report.write_report(
-        make_records(), str(tmp_path), id_dataset=ID, ood_datasets=OOD,
-        baselines=[("FT", 0.0), ("FT", 1.0)], writer=writer,
+        make_records(), str(tmp_path), id_dataset=ID, ood_datasets=OOD, baseline=TESTBED,
+        writer=writer,
     )
     writer.close()
 
-    # The line through FT's endpoints (seed means) on logit axes.
-    x0, y0 = logit(0.61), logit((0.41 + 0.31) / 2)
-    x1, y1 = logit(0.86), logit((0.46 + 0.36) / 2)
-    slope = (y1 - y0) / (x1 - x0)
-
     def predicted(id_accuracy):
-        return 1 / (1 + math.exp(-(y0 + slope * (logit(id_accuracy) - x0))))
+        return 1 / (1 + math.exp(-(0.8 * logit(id_accuracy) - 0.9)))
 
     per_seed = [
         (0.55 + SEED_OFFSET * seed) - predicted(0.82 + SEED_OFFSET * seed) for seed in (0, 1)
@@ -177,7 +177,8 @@ def test_effective_robustness_matches_hand_computation_and_tensorboard(tmp_path)
     rows = parse_table(table)
     expected = f"{100 * np.mean(per_seed):+.1f} ± {100 * np.std(per_seed, ddof=1):.1f}"
     assert rows["FLYP", 0.5]["Eff. robustness"] == expected
-    assert rows["FT", 0.0]["Eff. robustness"].startswith("+0.0")  # on the line
+    markdown = (tmp_path / "report.md").read_text()
+    assert "test testbed; logit(avg OOD) = 0.8000 · logit(ID) - 0.9000" in markdown
 
     scalars = read_scalars(tmp_path / "tb")
     assert scalars[50, "report/FLYP/effective_robustness/top1"] == pytest.approx(
@@ -193,32 +194,31 @@ def test_effective_robustness_matches_hand_computation_and_tensorboard(tmp_path)
     }
 
 
-def test_default_baselines_fit_all_endpoints(tmp_path):
+def test_a_models_effective_robustness_does_not_change_when_others_join_the_report(tmp_path):
+    """Against a fixed testbed line, FT's numbers depend on FT alone (the old line fitted
+    through the report's own endpoints moved with every model added)."""
+    ft_only = [r for r in make_records() if r["method"] == "FT"]
+    alone = parse_table(report.write_report(ft_only, str(tmp_path / "a"), id_dataset=ID,
+                                            ood_datasets=OOD, baseline=TESTBED))
+    joined = parse_table(report.write_report(make_records(), str(tmp_path / "b"), id_dataset=ID,
+                                             ood_datasets=OOD, baseline=TESTBED))
+    for alpha in (0.0, 0.5, 1.0):
+        assert alone["FT", alpha]["Eff. robustness"] == joined["FT", alpha]["Eff. robustness"]
+    assert alone["FT", 0.0]["Eff. robustness"] != "+0.0 ± 0.0"  # Not zero by construction.
+
+
+def test_effective_robustness_is_na_without_a_baseline(tmp_path):
     table = report.write_report(make_records(), str(tmp_path), id_dataset=ID, ood_datasets=OOD)
-    endpoints = [(0.61, 0.36), (0.86, 0.41), (0.61, 0.36), (0.89, 0.46)]  # alpha 0 and 1
-    slope, intercept = np.polyfit(
-        [logit(x) for x, _ in endpoints], [logit(y) for _, y in endpoints], 1
-    )
-    per_seed = [
-        (0.50 + SEED_OFFSET * s) - 1 / (1 + math.exp(-(slope * logit(0.80 + SEED_OFFSET * s)
-                                                       + intercept)))
-        for s in (0, 1)
-    ]  # FT alpha=0.5
-    assert parse_table(table)["FT", 0.5]["Eff. robustness"].startswith(
-        f"{100 * np.mean(per_seed):+.1f} ± "
-    )
-    assert "fitted through: `FLYP α=0`, `FLYP α=1`, `FT α=0`, `FT α=1`" in (
-        tmp_path / "report.md"
-    ).read_text()
-
-
-def test_effective_robustness_is_na_without_two_distinct_baselines(tmp_path):
-    table = report.write_report(
-        make_records(), str(tmp_path), id_dataset=ID, ood_datasets=OOD,
-        baselines=[("FT", 0.0), ("FLYP", 0.0)],  # same ID accuracy: no line
-    )
     assert {row["Eff. robustness"] for row in parse_table(table).values()} == {"n/a"}
+    assert "n/a: no testbed baseline" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "id_vs_ood.png").exists()
+
+
+def test_a_baseline_line_needs_two_distinct_id_values():
+    rows = report.rows_of([r for r in make_records() if r["alpha"] == 0.0], id_dataset=ID,
+                          ood_datasets=OOD)
+    with pytest.raises(ValueError, match="at least two distinct ID values"):
+        report.fit_baseline_line(rows, ID)
 
 
 def test_merge_records_dedups_newer_wins_and_sorts():
@@ -263,7 +263,6 @@ def test_bad_records_are_rejected(tmp_path, corrupt, message):
         (dict(ood_datasets=["photo"]), r"without the ID dataset 'photo'"),
         (dict(ood_datasets=[]), r"non-empty list"),
         (dict(metric="top5"), r"No records for metric 'top5'; metrics with records: \['top1'\]"),
-        (dict(baselines=[("LP", 1.0)]), r"Baselines \[\('LP', 1.0\)\] have no results.*'FT'"),
     ],
 )
 def test_bad_report_arguments_are_rejected(tmp_path, kwargs, message):

@@ -43,6 +43,7 @@ def test_a_point_trains_its_stage_after_the_chosen_points_of_the_stages_it_start
     assert config.lpft.optim.lr != 1e-5 and config.num_seeds == 3  # The config is untouched.
 
 
+@pytest.mark.slow
 def test_tuning_chooses_each_stage_on_validation_and_a_rerun_trains_nothing(tmp_path):
     """Two LP learning rates and one LP-FT point on a tiny world: the chosen LP is the one
     with the better validation score, LP-FT started from it, and a rerun only reads."""
@@ -75,4 +76,4 @@ def test_tuning_chooses_each_stage_on_validation_and_a_rerun_trains_nothing(tmp_
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((workdir / "tuning.json").read_text()) == result
-    assert "the stage is finished" in again.stderr and "step 4:" not in again.stderr
+    assert "the stage is finished" in again.stderr and "/eval/val/photo" not in again.stderr

@@ -30,7 +30,7 @@ SECTION_KEYS = {
     "model": {"img", "txt", "embed_dim", "dtype"},
     "init": {"format", "path", "name"},
     "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
-             "report_metrics", "periodic_examples"},
+             "report_metrics", "periodic_examples", "baseline"},
     "text_encoder": {"format", "path"},
 }
 # Keys every stage may set; a method's own keys are its module's STAGE_KEYS.

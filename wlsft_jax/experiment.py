@@ -16,7 +16,8 @@ import jax
 from absl import logging
 from etils import epath
 
-from wlsft_jax import checks, context as context_lib, evals, interpolate, methods, report, train
+from wlsft_jax import (checks, context as context_lib, evals, interpolate, methods, report,
+                       testbed, train)
 from wlsft_jax.data import tasks
 
 ZERO_SHOT = "zeroshot"
@@ -42,7 +43,12 @@ def write_report(config, records, directory, *, id_dataset, ood_datasets, writer
     datasets = dict(id_dataset=id_dataset, ood_datasets=ood_datasets)
     metrics = dict(metric=report_metric(config, tasks.ID),
                    ood_metric=report_metric(config, tasks.OOD))
-    table = report.write_report(records, directory, **datasets, **metrics, writer=writer)
+    baseline, why_not = testbed.baseline(config.eval.get("baseline"), **datasets,
+                                         metrics=metrics)
+    if config.eval.get("baseline") and why_not:
+        logging.warning("No effective robustness in this report: %s.", why_not)
+    table = report.write_report(records, directory, **datasets, **metrics, baseline=baseline,
+                                writer=writer)
     plot_name = "_".join(dict.fromkeys(metrics.values()))
     report.plot_metric_vs_alpha(records, epath.Path(directory) / f"{plot_name}_vs_alpha.png",
                                 **datasets, **metrics)

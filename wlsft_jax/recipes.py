@@ -110,7 +110,9 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
                   report_metrics=dict(id="top1", ood="top1"),  # What the report tabulates.
-                  periodic_examples=500),  # Per OOD set, in the evaluation while training.
+                  periodic_examples=500,  # Per OOD set, in the evaluation while training.
+                  # Effective robustness's testbed (wlsft_jax.testbed): a name or a file.
+                  baseline=ml_collections.FieldReference("world", field_type=str)),
     ))
     for name, stage_config in stage_configs.items():
         config[name] = stage_config
@@ -159,6 +161,7 @@ def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     del config.model["txt"], config.model["embed_dim"]
     del config.eval["templates"], config.eval["report_metrics"], config.eval["alphas"]
     config.eval.update(dict(knn_ks=(10, 20), knn_report_k=20))
+    config.eval.baseline = None  # The world's testbed is of top-1 classifiers, not k-NN.
     return config
 
 
@@ -269,6 +272,7 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
         embed_dim=512, dtype="bfloat16"))
     config.eval.templates = REAL_TASKS[task]["templates"]
     config.eval.report_metrics = dict(REAL_TASKS[task]["report_metrics"])
+    config.eval.baseline = None  # No testbed ships for real tasks: give one's file.
     return config
 
 
@@ -299,6 +303,7 @@ def wls_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     # k-NN top-1 at eval.knn_report_k.
     del config.model["txt"], config.model["embed_dim"], config.eval["templates"]
     del config.eval["report_metrics"]
+    config.eval.baseline = None  # The world's testbed is of top-1 classifiers, not k-NN.
     return config
 
 

@@ -11,13 +11,12 @@ Conventions (the choices the protocol leaves open):
 - Average OOD is the plain mean, in probability space, over the explicit ``ood_datasets`` list,
   per seed (as in WiSE-FT). OOD records of other datasets stay out of the table and are named
   in report.md.
-- Effective robustness (Taori et al., 2020) is ``avg OOD - sigmoid(slope * logit(ID) + intercept)``
-  per seed; the line is a least-squares fit through the baseline models' seed-mean
-  (ID, avg OOD) points on logit axes, ``logit(p) = log(p / (1 - p))`` with p clipped to
-  [1e-4, 1 - 1e-4]. Default baselines: every (method, alpha) with alpha in {0, 1}, the models
-  that are not weight-interpolated (pretrained and each method's fine-tuned endpoint), so the
-  number says how far a WiSE-FT mixture rises above the line through the endpoints. With fewer
-  than two distinct baseline ID values no line exists and the column reads "n/a".
+- Effective robustness (Taori et al., 2020; WiSE-FT) is ``avg OOD - sigmoid(slope * logit(ID)
+  + intercept)`` per seed, in points, against a fixed `Baseline`: a line fitted once on logit
+  axes, ``logit(p) = log(p / (1 - p))`` with p clipped to [1e-4, 1 - 1e-4], through a testbed of
+  models trained without the robust pretraining (`wlsft_jax.testbed`). It depends on a model's
+  own numbers only, never on which other models share the report. Without a baseline for the
+  task the column reads "n/a".
 - Over several seeds a cell reads "mean ± std" with the sample std (ddof=1); one seed shows the
   value alone. Cells are percentages with one decimal; effective robustness is in points.
 - TensorBoard: ``writer.write_scalars(round(alpha * 100), ...)`` with seed-mean fractions named
@@ -141,6 +140,20 @@ class BaselineLine:
     def predict(self, id_value):
         return _sigmoid(self.slope * logit(id_value) + self.intercept)
 
+    def __str__(self) -> str:
+        sign = "-" if self.intercept < 0 else "+"
+        return f"logit(avg OOD) = {self.slope:.4f} · logit(ID) {sign} {abs(self.intercept):.4f}"
+
+
+@dataclasses.dataclass
+class Baseline:
+    """The fixed line effective robustness is measured against, what it was fitted through
+    (`points`: (name, ID, avg OOD) seed means, drawn on the plot) and where it comes from."""
+
+    line: BaselineLine
+    points: Sequence[tuple[str, float, float]]
+    description: str
+
 
 def _unique_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Validated records sorted by key; a repeated key is an error (merge_records resolves it)."""
@@ -237,24 +250,22 @@ def _build_rows(
     return rows
 
 
-def fit_baseline_line(
-    rows: Sequence[Row], baselines: Sequence[tuple[str, float]], id_dataset: str
-) -> BaselineLine | None:
-    """Least-squares line through the baselines' seed-mean (ID, avg OOD) on logit axes.
-
-    None when the baselines have fewer than two distinct ID values (no line is defined).
-    """
-    by_key = {(row.method, row.alpha): row for row in rows}
-    unknown = [b for b in baselines if b not in by_key]
-    if unknown:
-        raise ValueError(
-            f"Baselines {unknown} have no results; valid (method, alpha) pairs: {sorted(by_key)}."
-        )
-    ids = logit([by_key[b].mean(id_dataset) for b in baselines])
+def fit_baseline_line(rows: Sequence[Row], id_dataset: str) -> BaselineLine:
+    """Least-squares line through the rows' seed-mean (ID, avg OOD) on logit axes; ValueError
+    when they have fewer than two distinct ID values (no line is defined)."""
+    ids = logit([row.mean(id_dataset) for row in rows])
     if len(np.unique(ids)) < 2:
-        return None
-    slope, intercept = np.polyfit(ids, logit([by_key[b].mean(AVG_OOD) for b in baselines]), 1)
+        raise ValueError(f"A baseline line needs models with at least two distinct ID values; "
+                         f"got {len(rows)} model(s) with ID {sorted(set(ids.round(4)))} (logit).")
+    slope, intercept = np.polyfit(ids, logit([row.mean(AVG_OOD) for row in rows]), 1)
     return BaselineLine(float(slope), float(intercept))
+
+
+def rows_of(records, *, id_dataset: str, ood_datasets: Sequence[str], metric: str = "top1",
+            ood_metric: str | None = None) -> list[Row]:
+    """The report's (method, alpha) rows of `records` (checked as `write_report` checks them)."""
+    return _build_rows(_unique_records(records), id_dataset=id_dataset,
+                       ood_datasets=list(ood_datasets), metrics=_kind_metrics(metric, ood_metric))
 
 
 def _format_cell(values: np.ndarray, signed: bool = False) -> str:
@@ -291,10 +302,11 @@ def markdown_table(
 
 
 def plot_id_vs_ood(
-    rows: Sequence[Row], line: BaselineLine | None, path, *, id_dataset: str,
+    rows: Sequence[Row], baseline: Baseline | None, path, *, id_dataset: str,
     metrics: Mapping[str, str],
 ) -> None:
-    """WiSE-FT-style figure: an alpha-curve per method on logit axes, baseline fit, y = x."""
+    """WiSE-FT-style figure: an alpha-curve per method on logit axes (seed means, ± one std
+    over seeds as error bars), the testbed's models and baseline line, y = x."""
     figure = Figure(figsize=(6.5, 5.5))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
@@ -304,18 +316,25 @@ def plot_id_vs_ood(
     def clip(p):
         return np.clip(p, LOGIT_CLIP, 1 - LOGIT_CLIP)
 
-    means = clip([[row.mean(id_dataset), row.mean(AVG_OOD)] for row in rows])
+    points = [(x, y) for _, x, y in baseline.points] if baseline else []
+    means = clip([[row.mean(id_dataset), row.mean(AVG_OOD)] for row in rows] + points)
     margin = 0.1 * np.ptp(logit(means)) + 0.05
     limits = _sigmoid([logit(means.min()) - margin, logit(means.max()) + margin])
     grid = _sigmoid(np.linspace(*logit(limits), 100))
     ax.plot(grid, grid, ":", color="gray", label="y = x")
-    if line is not None:
-        ax.plot(grid, clip(line.predict(grid)), "--", color="black", label="baseline fit")
+    if baseline is not None:
+        ax.plot(grid, clip(baseline.line.predict(grid)), "--", color="black",
+                label="baseline: trained on ID only")
+        ax.plot(*clip(np.array(points)).T, "x", color="black", ms=5)
     for method in sorted({row.method for row in rows}):
         curve = sorted((row for row in rows if row.method == method), key=lambda row: row.alpha)
         ids = clip([row.mean(id_dataset) for row in curve])
         oods = clip([row.mean(AVG_OOD) for row in curve])
         (drawn,) = ax.plot(ids, oods, "o-", label=method)
+        if min(len(row.seeds) for row in curve) > 1:
+            ax.errorbar(ids, oods, fmt="none", ecolor=drawn.get_color(), elinewidth=0.8,
+                        xerr=[np.std(row.columns[id_dataset], ddof=STD_DDOF) for row in curve],
+                        yerr=[np.std(row.columns[AVG_OOD], ddof=STD_DDOF) for row in curve])
         for row, x, y in zip(curve, ids, oods):  # Every alpha marked along its curve.
             ax.annotate(f"α={row.alpha:g}" if row.alpha in (0.0, 1.0) else f"{row.alpha:g}",
                         (x, y), textcoords="offset points", xytext=(4, 5), fontsize=7,
@@ -330,7 +349,9 @@ def plot_id_vs_ood(
     ax.set_ylim(*limits)
     ax.set_xlabel(f"ID {metrics['id']} ({id_dataset}), logit scale")
     ax.set_ylabel(f"Average OOD {metrics['ood']}, logit scale")
-    ax.set_title(f"ID vs average OOD {metrics['ood']}, seed means along alpha", fontsize=10)
+    seeds = max(len(row.seeds) for row in rows)
+    spread = f" ± std over {seeds} seeds" if seeds > 1 else ""
+    ax.set_title(f"ID vs average OOD {metrics['ood']}: means{spread} along alpha", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
@@ -368,7 +389,7 @@ def write_report(
     ood_datasets: Sequence[str],
     metric: str = "top1",
     ood_metric: str | None = None,
-    baselines: Sequence[tuple[str, float]] | None = None,
+    baseline: Baseline | None = None,
     writer=None,
 ) -> str:
     """Writes results.json, results.csv, report.md and id_vs_ood.png; returns the table.
@@ -381,8 +402,7 @@ def write_report(
       metric: the metric whose records are tabulated and plotted (of the ID dataset, and of
         the OOD datasets unless ood_metric is given).
       ood_metric: the OOD datasets' metric when it differs, e.g. FMoW's "worst_region_top1".
-      baselines: (method, alpha) pairs that the effective-robustness line is fitted through;
-        None means every (method, alpha) with alpha in {0, 1}.
+      baseline: the fixed line effective robustness is measured against (None: "n/a").
       writer: optional clu MetricWriter that receives the table's numbers as scalars.
     """
     ood_datasets = list(ood_datasets)
@@ -394,13 +414,9 @@ def write_report(
     records = _unique_records(records)
     metrics = _kind_metrics(metric, ood_metric)
     rows = _build_rows(records, id_dataset=id_dataset, ood_datasets=ood_datasets, metrics=metrics)
-    if baselines is None:
-        baselines = [(row.method, row.alpha) for row in rows if row.alpha in (0.0, 1.0)]
-    baselines = [(str(method), float(alpha)) for method, alpha in baselines]
-    line = fit_baseline_line(rows, baselines, id_dataset)
-    if line is not None:
+    if baseline is not None:
         for row in rows:
-            predicted = line.predict(row.columns[id_dataset])
+            predicted = baseline.line.predict(row.columns[id_dataset])
             row.columns[EFFECTIVE_ROBUSTNESS] = row.columns[AVG_OOD] - predicted
     if writer is not None:  # first: a step clash is an error before any file is written
         write_scalars(writer, rows, id_dataset=id_dataset, metrics=metrics)
@@ -422,12 +438,12 @@ def write_report(
     with (out_dir / "report.md").open("w") as f:
         f.write(
             _report_markdown(
-                table, rows, line, baselines, excluded, id_dataset=id_dataset,
+                table, rows, baseline, excluded, id_dataset=id_dataset,
                 ood_datasets=ood_datasets, metrics=metrics,
             )
         )
     plot_id_vs_ood(
-        rows, line, out_dir / "id_vs_ood.png", id_dataset=id_dataset, metrics=metrics
+        rows, baseline, out_dir / "id_vs_ood.png", id_dataset=id_dataset, metrics=metrics
     )
     return table
 
@@ -435,8 +451,7 @@ def write_report(
 def _report_markdown(
     table: str,
     rows: Sequence[Row],
-    line: BaselineLine | None,
-    baselines: Sequence[tuple[str, float]],
+    baseline: Baseline | None,
     excluded_ood: Sequence[str],
     *,
     id_dataset: str,
@@ -449,12 +464,8 @@ def _report_markdown(
         return ", ".join(f"`{item}`" for item in items) or "none"
 
     seed_counts = ", ".join(str(n) for n in sorted({len(row.seeds) for row in rows}))
-    fit = (
-        f"logit(avg OOD) = {line.slope:.4f} · logit(ID) {'-' if line.intercept < 0 else '+'} "
-        f"{abs(line.intercept):.4f}"
-        if line is not None
-        else "n/a (fewer than two distinct baseline ID values)"
-    )
+    against = (f"{baseline.description}; {baseline.line}" if baseline is not None else
+               "n/a: no testbed baseline for this task (config eval.baseline)")
     lines = [
         f"# Robustness report: {_metric_label(metrics)}",
         "",
@@ -463,9 +474,8 @@ def _report_markdown(
         f"- OOD records left out of the average: {names(excluded_ood)}.",
         f"- Values in %, one decimal; mean ± std over seeds (ddof={STD_DDOF}); seeds per row: "
         f"{seed_counts}.",
-        "- Effective robustness (points) = avg OOD minus the baseline line on logit axes, "
-        f"fitted through: {names(f'{m} α={a:g}' for m, a in baselines)}.",
-        f"- Baseline line: {fit}.",
+        "- Effective robustness (points) = avg OOD − sigmoid(slope · logit(ID) + intercept), "
+        f"the line of models trained without robust pretraining: {against}.",
         "",
         table,
         "![ID vs OOD](id_vs_ood.png)",

@@ -172,7 +172,7 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
     Returns the trained params (sharded on `mesh`). `writer` is a clu MetricWriter. Each
     checkpoint records `checkpoint.provenance` (`init_source` says what `init_params` are).
     `periodic_eval(params) -> {name: value}` runs every `stage_config.eval_every` steps (when
-    set) and at the last step; its values are logged, written under `<stage>/eval/` and kept,
+    set) and at the last step; its values are written (and logged) under `<stage>/eval/` and kept,
     one JSON line per evaluation, in `<workdir>/eval_curve.jsonl` (a resumed stage rewrites
     the lines past its checkpoint).
     """
@@ -264,8 +264,6 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
         if periodic_eval and eval_every and (step % eval_every == 0 or step == steps):
             values = periodic_eval(state["params"])
             writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
-            logging.info("[%s] step %d: %s", name, step,
-                         ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
             curve = [row for row in curve if row["step"] < step] + [dict(step=step, **values)]
             if jax.process_index() == 0:
                 (workdir / EVAL_CURVE).write_text("".join(json.dumps(r) + "\n" for r in curve))

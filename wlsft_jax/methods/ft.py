@@ -1,12 +1,14 @@
 """`ft`: the image tower and a linear head on its L2-normalised features trained by cross-entropy
 on the ID labels. A CLIP input becomes its image tower with the zero-shot head (WiSE-FT), so the
-head starts as the zero-shot classifier."""
+head starts as the zero-shot classifier. From init.format="scratch" it trains a randomly
+initialised classifier on the ID data only: the models of an effective-robustness testbed
+(`configs/testbed_world.py`)."""
 from wlsft_jax import objectives, train
 from wlsft_jax.data import transforms
 from wlsft_jax.evals import zero_shot
 from wlsft_jax.methods import _common
 
-FROM_SCRATCH = False
+FROM_SCRATCH = True
 RUNS_ONCE = False
 EVALUATOR = "zero_shot"
 STAGE_KEYS = ()
@@ -22,10 +24,11 @@ def build(context, name, stage_config) -> _common.Stage:
         train_operations=[*task.train_operations, transforms.SelectKeys(("image", "label"))],
         worker_count=context.config.data.worker_count)
 
+    fresh_or_given = _common.fresh_or_given(spec, context.mesh)
+
     def start(params, seed):
-        del seed
-        if "txt" in params:
+        if params is not None and "txt" in params:
             return zero_shot.as_classifier(params, context.head_fn)
-        return params
+        return fresh_or_given(params, seed)
 
     return _common.Stage(spec, start)
