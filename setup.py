@@ -41,8 +41,9 @@ setuptools.setup(
     description="Robust fine-tuning (FT, LP, LP-FT, FLYP, WiSE-FT, weak language supervision) "
     "of pretrained vision encoders in JAX/Flax.",
     packages=setuptools.find_packages(include=["wlsft_jax", "wlsft_jax.*"]),
-    # The named pretrained models (wlsft_jax.pretrained), built by the project's own configs.
-    package_data={"wlsft_jax": ["weights/*.npz"]},
+    # The named pretrained models (wlsft_jax.pretrained), built by the project's own configs,
+    # and the effective-robustness testbeds (wlsft_jax.testbed), fitted by launch/fit_testbed.py.
+    package_data={"wlsft_jax": ["weights/*.npz", "data/testbeds/*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

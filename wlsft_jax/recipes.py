@@ -49,8 +49,8 @@ def tiny_clip(**overrides) -> ml_collections.ConfigDict:
     """A 1.8 M-parameter CLIP for the embedded 32-px world.
 
     Patch 8 (16 image tokens) trains about 3x faster than PERF_NOTES' patch-4 reference model
-    (`img.variant="mu/4"`, which `configs/compare_clip.py` keeps) and reached the same zero-shot
-    accuracy on the world (BENCHMARKS.md), so the main job fits in minutes on two cores.
+    (`img.variant="mu/4"`) and reached the same zero-shot accuracy on the world
+    (BENCHMARKS.md); it is world_clip's architecture.
     """
     model = ml_collections.ConfigDict(dict(
         img=dict(variant="mu/8", **MEMORY_LEVERS),
