@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wlsft_jax.models import adapters, vit
-from test_models import images, random_params
+from helpers import images, random_params
 
 TINY = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4, image_size=16)
 ADAPTER_CONFIGS = {

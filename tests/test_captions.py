@@ -1,7 +1,6 @@
 """Caption sources: captions files, WebDataset tar shards, ImageNet folders, COCO annotations and
 TFDS coco_captions, all written here with tiny PIL images; seeded subsets, bad images, and batches
 through the training pipeline."""
-import io
 import json
 import logging
 import pickle
@@ -10,17 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from wlsft_jax.data import captions, pipeline, templates, tokenizer, transforms
-
-
-def encoded_image(value: int, image_format: str = "PNG", size=(8, 6)) -> bytes:
-    """A uniform grey image of `value`, encoded."""
-    image = Image.fromarray(np.full((size[1], size[0], 3), value, dtype=np.uint8))
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format)
-    return buffer.getvalue()
+from helpers import encoded_image, write_coco, write_tar_shard
 
 
 def decoded_value(record) -> int:
@@ -105,15 +96,6 @@ def test_text_features_ride_along_with_their_records(tmp_path):
         captions.WithTextFeatures(source, features[:3])
 
 
-def write_tar_shard(path, samples):
-    """A tar shard of `samples`: (member name, bytes)."""
-    with tarfile.open(path, "w") as tar:
-        for name, data in samples:
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-
-
 def test_tar_shards_are_indexed_and_read_by_member_offset(tmp_path, caplog):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -175,22 +157,6 @@ def test_imagenet_folder_captions_are_class_names_in_templates(tmp_path):
     listed = write_captions_file(tmp_path / "listed", 3, ".jsonl")
     from_file, _ = captions.caption_source("imagenet_20k", path=listed, num_pairs=3, seed=0)
     assert {from_file[i]["caption"] for i in range(3)} == {"caption 0", "caption 1", "caption 2"}
-
-
-def write_coco(root, captions_per_image=(3, 2, 1)):
-    """COCO's layout: annotations/captions_train2017.json and train2017/<file>.jpg."""
-    (root / "annotations").mkdir(parents=True)
-    (root / "train2017").mkdir()
-    images, annotations = [], []
-    for image_id, count in enumerate(captions_per_image, start=7):
-        file_name = f"{image_id:012d}.jpg"
-        (root / "train2017" / file_name).write_bytes(encoded_image(20 * image_id, "JPEG"))
-        images.append({"id": image_id, "file_name": file_name})
-        annotations += [{"id": 100 * image_id + c, "image_id": image_id,
-                         "caption": f"image {image_id} caption {c} "} for c in range(count)]
-    file = root / "annotations" / "captions_train2017.json"
-    file.write_text(json.dumps({"images": images, "annotations": annotations}))
-    return file
 
 
 def test_coco_annotations_give_one_caption_per_image_or_all(tmp_path):

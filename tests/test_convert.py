@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import pytest
 
-PARITY_EXTRA = "parity extra not installed: pip install -e .[parity]"
 pytest.importorskip("safetensors", reason="the converters read and write safetensors")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
@@ -14,7 +13,7 @@ from wlsft_jax.convert import (from_big_vision, from_hf_clip, from_hf_vit,  # no
                                to_big_vision_npz, to_hf_clip)
 from wlsft_jax.convert import big_vision  # noqa: E402
 from wlsft_jax.models import two_towers, vit  # noqa: E402
-from test_models import random_params  # noqa: E402
+from helpers import PARITY_EXTRA, random_params, save_hf_clip  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -43,29 +42,6 @@ CLIP_CONFIGS = {
     "gelu-24px-p8-eos": dict(
         image_size=24, patch_size=8, depth=2, act="gelu", text_length=12, eos=63),
 }
-
-
-def save_hf_clip(tmp_path, image_size, patch_size, depth, act, text_length, eos, vocab_size=64):
-    """Random-init tiny transformers.CLIPModel saved with save_pretrained; returns (model, dir)."""
-    torch = pytest.importorskip("torch", reason=PARITY_EXTRA)
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
-                         num_hidden_layers=depth, num_attention_heads=2,
-                         max_position_embeddings=text_length, hidden_act=act, eos_token_id=eos,
-                         bos_token_id=1, pad_token_id=0),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=depth,
-                           num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                           hidden_act=act),
-        projection_dim=24, logit_scale_init_value=3.0)
-    model = transformers.CLIPModel(config).eval()
-    with torch.no_grad():  # Non-trivial norms and class embedding, so the mapping is exercised.
-        for name, param in model.named_parameters():
-            if "norm" in name or "class_embedding" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    model.save_pretrained(tmp_path)
-    return model, str(tmp_path)
 
 
 def torch_clip_embeddings(model, images, tokens):

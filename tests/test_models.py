@@ -12,6 +12,7 @@ import pytest
 
 from wlsft_jax import sharding
 from wlsft_jax.models import overview, text, two_towers, vit
+from helpers import images, random_params
 
 LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "vocab", "joint", "classes", None}
 TINY_IMAGE = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4,
@@ -20,20 +21,8 @@ TINY_TEXT = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, vocab
                  context_length=8)
 
 
-def random_params(model, *inputs, scale=0.1, seed=0):
-    """Params of `model`'s shapes drawn with numpy: no per-shape compiles, every tensor nonzero."""
-    abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
-    rng = np.random.RandomState(seed)
-    return jax.tree.map(lambda p: jnp.asarray(scale * rng.randn(*p.shape), jnp.float32),
-                        nn.unbox(abstract))
-
-
 def init(model, *inputs):
     return nn.unbox(jax.jit(model.init)(jax.random.key(0), *inputs)["params"])
-
-
-def images(n=2, size=16, seed=0):
-    return jax.random.normal(jax.random.key(seed), (n, size, size, 3))
 
 
 def tokens(n=2, length=8, vocab=50, seed=0):

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from wlsft_jax import checkpoint, context as context_lib, methods, optim, sharding
+from helpers import free_port
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "pretrain_clip.py")
@@ -50,12 +50,6 @@ OVERRIDES = {
 }
 TIMEOUT_S = 400
 TOLERANCE = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as free:
-        free.bind(("localhost", 0))
-        return free.getsockname()[1]
 
 
 def _start_main(workdir, *, devices, log_path, distributed=()):
@@ -125,7 +119,7 @@ def _max_difference(a, b):
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_restores_on_one(tmp_path):
     two, one = tmp_path / "two_processes", tmp_path / "one_process"
-    port = _free_port()
+    port = free_port()
     runs = [
         (_start_main(two, devices=4, log_path=tmp_path / f"two_{pid}.log", distributed=(
             ("initialize", True), ("coordinator_address", f"localhost:{port}"),

@@ -15,20 +15,15 @@ import pytest
 from etils import epath
 
 from wlsft_jax import checks, context as context_lib, experiment, methods, recipes, sharding
-from wlsft_jax.data import imagenet_classes, pipeline, tasks, templates, transforms, wilds
+from wlsft_jax.data import pipeline, tasks, templates, transforms, wilds
 from wlsft_jax.evals import zero_shot
-from helpers import REPO, load
-from test_convert import save_hf_clip
-from test_sources import (NUM_MOCK_EXAMPLES, mocked_tfds, png_bytes, tfds_dir,  # noqa: F401
-                          write_breeds, write_fmow, write_iwildcam, write_objectnet)
-from test_tokenizer import _write_small_clip_files
+from helpers import (NUM_MOCK_EXAMPLES, REPO, SUBSET_IDS, load, mocked_tfds, png_bytes,
+                     save_hf_clip, write_breeds, write_fmow, write_iwildcam, write_objectnet,
+                     write_small_clip_files)
 
 IMAGE_SIZE, CONTEXT_LENGTH, BATCH = 16, 16, 4
 REAL_CONFIGS = [(name, task) for name in ("flyp_clip", "ft_clip", "lp_clip", "lpft_clip")
                 for task in recipes.REAL_TASKS]
-# The ImageNet classes of the mocked ImageNet-R / -A records (TFDS labels are ImageNet ids).
-SUBSET_IDS = {"imagenet_r": imagenet_classes.IMAGENET_R_CLASS_IDS,
-              "imagenet_a": imagenet_classes.IMAGENET_A_CLASS_IDS}
 
 
 def mock_records(name):
@@ -52,7 +47,7 @@ FMOW_ROWS = [("train", "airport", "FRA", "2010-03-01T10:00:00Z"),
 
 
 @pytest.fixture(scope="module")
-def data_dir(tfds_dir):  # noqa: F811
+def data_dir(tfds_dir):
     """The mocked TFDS datasets plus ObjectNet, WILDS and BREEDS folders beside them."""
     root = epath.Path(tfds_dir)
     write_objectnet(root, {"alarm_clock": 2, "banana": 1, "thing": 1})
@@ -67,7 +62,7 @@ def data_dir(tfds_dir):  # noqa: F811
 def hf_clip_dir(tmp_path_factory):
     """A tiny random HF CLIP whose vocabulary is the tiny BPE's, with vocab.json/merges.txt."""
     directory = tmp_path_factory.mktemp("hf_clip")
-    vocab_json, _ = _write_small_clip_files(directory)
+    vocab_json, _ = write_small_clip_files(directory)
     vocab_size = len(json.loads(vocab_json.read_text()))  # End of text is the last token.
     save_hf_clip(directory, image_size=IMAGE_SIZE, patch_size=8, depth=1, act="quick_gelu",
                  text_length=CONTEXT_LENGTH, eos=vocab_size - 1, vocab_size=vocab_size)

@@ -6,56 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from wlsft_jax import recipes
 from wlsft_jax.data import breeds, imagenet_classes, label_spaces, objectnet, pipeline, sources
 from wlsft_jax.data import tasks, transforms, wilds
-
-TFDS_SPLITS = {"imagenet2012": ("train", "validation"), "imagenet_v2": ("test",),
-               "imagenet_r": ("test",), "imagenet_a": ("test",), "imagenet_sketch": ("test",),
-               "cifar10": ("train", "test"), "cifar10_1": ("test",), "stl10": ("train", "test"),
-               "domainnet/sketch": ("train", "test"), "domainnet/real": ("test",),
-               "domainnet/painting": ("test",), "domainnet/clipart": ("test",),
-               "coco_captions": ("train", "val")}
-NUM_MOCK_EXAMPLES = 6
-
-
-def png_bytes(height=12, width=10, colour=(0, 200, 0), border=(255, 0, 0)) -> bytes:
-    """A PNG of `colour` framed by a 2-pixel `border` (ObjectNet's red frame)."""
-    image = np.full((height, width, 3), border, dtype=np.uint8)
-    image[2:-2, 2:-2] = colour
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with each dataset's real metadata (dataset_info.json, splits, ArrayRecord
-    format) and no records: `tfds.testing.mock_data(policy=USE_FILES)` supplies the records."""
-    data_dir = tmp_path_factory.mktemp("tfds")
-    for name, splits in TFDS_SPLITS.items():
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        builder.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
-            name=split, shard_lengths=[NUM_MOCK_EXAMPLES], num_bytes=0,
-            filename_template=tfds.core.ShardedFileTemplate(
-                data_dir=builder.data_path, dataset_name=builder.name, split=split,
-                filetype_suffix="array_record")) for split in splits]))
-        builder.data_path.mkdir(parents=True, exist_ok=True)
-        builder.info.write_to_directory(builder.data_path)
-    return str(data_dir)
-
-
-def mocked_tfds(data_dir, records=None):
-    """tfds mocked over `data_dir`'s metadata: random records, or `records` (a list of dicts, or
-    a function of the dataset's name giving one)."""
-    fake = None if records is None else (lambda builder, split, **kwargs: (
-        records(builder.name) if callable(records) else records))
-    return tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES, data_dir=data_dir,
-                                  policy=tfds.testing.MockPolicy.USE_FILES,
-                                  as_data_source_fn=fake)
+from helpers import (NUM_MOCK_EXAMPLES, mocked_tfds, png_bytes, write_breeds, write_csv,
+                     write_fmow, write_iwildcam, write_objectnet)
 
 
 def preprocessed(source, info, size=8):
@@ -247,28 +204,6 @@ def test_pool_and_restrict_logits_by_hand():
         label_spaces.pool_logits(logits, [(1,), ()])
 
 
-def write_objectnet(root, images_per_folder):
-    """A tiny ObjectNet release: mapping files over a 5-line ImageNet label list (with a
-    duplicated, unreferenced name, as the real list has "crane" twice) and PNG folders."""
-    mappings = root / objectnet.OBJECTNET_DIR / "mappings"
-    mappings.mkdir(parents=True)
-    (mappings / "folder_to_objectnet_label.json").write_text(json.dumps(
-        {"alarm_clock": "Alarm clock", "banana": "Banana", "thing": "Thing"}))
-    (mappings / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
-        {"Banana": "banana", "Alarm clock": "analog clock; digital clock"}))
-    # ILSVRC-2012 id -> our label id: 0->1, 1->2, 2->0, 3->3, 4->4.
-    (mappings / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps(
-        {"0": 2, "1": 0, "2": 1, "3": 3, "4": 4}))
-    (mappings / "imagenet_to_label_2012_v2").write_text(
-        "analog clock\ndigital clock\nbanana\ncrane\ncrane\n")
-    for folder, count in images_per_folder.items():
-        (root / objectnet.OBJECTNET_DIR / "images" / folder).mkdir(parents=True)
-        for i in range(count):
-            (root / objectnet.OBJECTNET_DIR / "images" / folder / f"{i}.png").write_bytes(
-                png_bytes())
-    return mappings
-
-
 def test_objectnet_folder_mapping_border_crop_and_pooling(tmp_path):
     write_objectnet(tmp_path, {"alarm_clock": 2, "banana": 1, "thing": 1})
     with pytest.warns(UserWarning, match="holds 4 images, not about 50000"):
@@ -301,58 +236,6 @@ def test_objectnet_errors(tmp_path):
     (mappings / "pytorch_to_imagenet_2012_id.json").unlink()
     with pytest.raises(ValueError, match="pytorch_to_imagenet_2012_id.json not found"):
         sources.get_source("objectnet", split="test", data_dir=str(tmp_path))
-
-
-def write_csv(path, header, rows):
-    path.write_text("\n".join([",".join(header)] + [",".join(map(str, row)) for row in rows]))
-
-
-def write_iwildcam(data_dir, rows):
-    """An iWildCam folder in `data_dir`: metadata rows (split, filename, y), an image per row, and
-    3 classes with WILDS's extra 99999 category."""
-    root = data_dir / wilds.IWILDCAM_DIR
-    (root / "train").mkdir(parents=True)
-    for _, filename, _ in rows:
-        (root / "train" / filename).write_bytes(png_bytes())
-    write_csv(root / "metadata.csv", ("split", "filename", "y", "location_remapped"),
-              [(*row, 7) for row in rows])
-    write_csv(root / "categories.csv", ("y", "category_id", "name", "english"),
-              [(0, 0, "empty", "Empty"), (1, 2, "tayassu pecari", "White-lipped peccary"),
-               (2, 3, "dasyprocta punctata", "Central American agouti"), (99999, 9, "x", "X")])
-    return root
-
-
-def write_fmow(data_dir, rows):
-    """An FMoW folder in `data_dir`: metadata rows (split, category, country, timestamp), an
-    image per row, and the countries FRA, KEN, USA mapped to their regions."""
-    root = data_dir / wilds.FMOW_DIR
-    (root / "images").mkdir(parents=True)
-    write_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"), rows)
-    write_csv(root / "country_code_mapping.csv", ("alpha-3", "region"),
-              [("FRA", "Europe"), ("KEN", "Africa"), ("USA", "Americas")])
-    for i in range(len(rows)):
-        (root / "images" / f"rgb_img_{i}.png").write_bytes(png_bytes())
-    return root
-
-
-def write_breeds(data_dir, hierarchy, *, splits=("val",)):
-    """A BREEDS hierarchy file for `hierarchy` (superclass i: source n<h>i0, targets n<h>i1 and
-    n<h>i2) and an ImageNet folder with one image per class in each of `splits`."""
-    num_superclasses = breeds.HIERARCHIES[hierarchy]
-    prefix = f"n{list(breeds.HIERARCHIES).index(hierarchy)}"
-    superclasses = [{"name": f"super{i}", "source": [f"{prefix}{i:03d}0"],
-                     "target": [f"{prefix}{i:03d}1", f"{prefix}{i:03d}2"]}
-                    for i in range(num_superclasses)]
-    hierarchy_file = data_dir / breeds.BREEDS_DIR / f"{hierarchy}.json"
-    hierarchy_file.parent.mkdir(exist_ok=True)
-    hierarchy_file.write_text(json.dumps({"superclasses": superclasses}))
-    for split in splits:
-        for entry in superclasses:
-            for wnid in entry["source"] + entry["target"]:
-                (data_dir / breeds.IMAGENET_DIR / split / wnid).mkdir(parents=True)
-                (data_dir / breeds.IMAGENET_DIR / split / wnid / "x.JPEG").write_bytes(
-                    png_bytes())
-    return hierarchy_file
 
 
 def test_iwildcam_split_labels_and_class_names(tmp_path):

@@ -4,13 +4,12 @@ import json
 import numpy as np
 import pytest
 from tokenizers import models
-from tokenizers.pre_tokenizers import ByteLevel
 import tokenizers
 
 from wlsft_jax.data import templates
 from wlsft_jax.data import tokenizer as tokenizer_lib
+from helpers import byte_symbols, write_small_clip_files
 
-_BPE_WORDS = ("the", "photo", "of", "a", "cat", "dog", "it", "isn", "'s", "café")
 
 TRICKY_TEXTS = [
     "A Photo Of A CAT.",
@@ -25,37 +24,9 @@ TRICKY_TEXTS = [
 ]
 
 
-def _write_small_clip_files(directory):
-    """Writes a tiny CLIP-format vocab.json/merges.txt: every byte symbol (bare and with </w>),
-    the merges that spell _BPE_WORDS, then start and end token last."""
-    symbols = sorted(ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(symbols + [s + "</w>" for s in symbols])}
-    merges = []
-    for word in _BPE_WORDS:
-        pieces = _byte_symbols(word)
-        pieces[-1] += "</w>"
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            if (merged, piece) not in merges:
-                merges.append((merged, piece))
-            merged += piece
-            vocab.setdefault(merged, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return directory / "vocab.json", directory / "merges.txt"
-
-
-def _byte_symbols(word):
-    """The byte-level symbols (one per UTF-8 byte) that spell `word`."""
-    return list(ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(word)[0][0])
-
-
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
-    return _write_small_clip_files(tmp_path_factory.mktemp("clip"))
+    return write_small_clip_files(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_bpe_matches_transformers(clip_files):
@@ -71,7 +42,7 @@ def test_clip_bpe_matches_transformers(clip_files):
         np.testing.assert_array_equal(row[:len(expected)], expected, err_msg=repr(text))
         assert not row[len(expected):].any(), f"padding of {text!r} is not all 0"
     # Multi-byte merges ("café") really got used: BPE is not falling back to single bytes.
-    cafe = "".join(_byte_symbols("café")) + "</w>"
+    cafe = "".join(byte_symbols("café")) + "</w>"
     assert ours.encode(["café"])[0, 1] == json.loads(vocab_json.read_text())[cafe]
 
 

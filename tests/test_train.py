@@ -8,7 +8,6 @@ ViT, batch 16, 6 steps). This file is also the script that the SIGKILL test kill
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -21,72 +20,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from clu import metric_writers
 from etils import epath
 
-from wlsft_jax import (checkpoint, context as context_lib, methods, objectives, optim, recipes,
+from wlsft_jax import (checkpoint, context as context_lib, methods, objectives, recipes,
                        sharding, train)
-from wlsft_jax.data import tokenizer as tokenizer_lib, world
+from helpers import RecordingWriter, flat, saved_state, world_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_IMAGE = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8)
 TINY_TEXT = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2)
 LP_SCHEDULE = [("head/.*", {}), (".*", None)]
-
-
-class RecordingWriter(metric_writers.MetricWriter):
-    """Keeps every scalar written, `{step: {name: value}}`; with `path`, also appends JSON lines.
-
-    `delay` seconds of sleep per write keep a subprocess's run long enough to kill it mid-way.
-    """
-
-    def __init__(self, path=None, delay=0.0):
-        self.scalars, self._path, self._delay = {}, path, delay
-
-    def write_scalars(self, step, scalars):
-        self.scalars.setdefault(int(step), {}).update({k: float(v) for k, v in scalars.items()})
-        if self._path:
-            with open(self._path, "a") as f:
-                f.write(json.dumps(dict(step=int(step), pid=os.getpid(),
-                                        **{k: float(v) for k, v in scalars.items()})) + "\n")
-        time.sleep(self._delay)
-
-    def losses(self, name):
-        return {step: s[f"{name}/loss"] for step, s in self.scalars.items()
-                if f"{name}/loss" in s}
-
-    # The loop writes only scalars; the other kinds are accepted and dropped.
-    def write_summaries(self, step, values, metadata=None):
-        pass
-
-    def write_images(self, step, images):
-        pass
-
-    def write_videos(self, step, videos):
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
-
-    def write_texts(self, step, texts):
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
-
-    def write_hparams(self, hparams):
-        pass
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
-
-@functools.cache
-def _tokenizer():
-    return tokenizer_lib.world_tokenizer(world.VOCABULARY, context_length=16)
 
 
 def tiny_config(method_name="ft", *, seed=0, **stage_overrides):
@@ -112,7 +55,7 @@ def train_run(config, workdir, *, mesh=None, writer=None, loss_fn=None):
     (name,) = config.stages
     stage_config = config[name]
     context = context_lib.Context(config, workdir=epath.Path(workdir), mesh=mesh)
-    context.tokenizer = _tokenizer()
+    context.tokenizer = world_tokenizer()
     spec = methods.get(stage_config.method).build(context, name, stage_config).spec
     if loss_fn is not None:
         spec = dataclasses.replace(spec, loss_fn=loss_fn)
@@ -136,12 +79,6 @@ def _initial_params(spec, seed):
     return _INITIAL_PARAMS[key]
 
 
-def flat(tree):
-    """{"/"-joined path: numpy array} of a pytree."""
-    return {optim.param_path(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def assert_trees_equal(a, b, atol=0.0):
     """Bitwise equal (atol=0) or equal within `atol`, leaf by leaf."""
     a, b = flat(a), flat(b)
@@ -151,13 +88,6 @@ def assert_trees_equal(a, b, atol=0.0):
             np.testing.assert_allclose(a[path], b[path], rtol=0, atol=atol, err_msg=path)
         else:
             np.testing.assert_array_equal(a[path], b[path], err_msg=path)
-
-
-def saved_state(workdir, step):
-    """The training state in the orbax checkpoint of `step`, as numpy arrays."""
-    import orbax.checkpoint as ocp
-
-    return ocp.StandardCheckpointer().restore(epath.Path(workdir) / str(step) / "state")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-import test_captions
-import test_multiprocess
-import test_real_configs
-import test_sources
 from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
                        objectives, optim, recipes, report, sharding, train)
 from wlsft_jax.data import captions, pipeline, tasks, transforms, world
 from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import wls as wls_method
 from wlsft_jax.models import adapters, bert, vit, wls
-from helpers import REPO, load, run_main_in_process
-from test_train import RecordingWriter, _tokenizer, flat, saved_state
+from helpers import (NUM_MOCK_EXAMPLES, REPO, SUBSET_IDS, RecordingWriter, encoded_image, flat,
+                     free_port, load, mocked_tfds, png_bytes, run_main_in_process, saved_state,
+                     world_tokenizer, write_coco, write_objectnet, write_tar_shard)
 
 TINY_IMAGE = dict(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8)
 TINY_TEXT = dict(variant=None, width=24, depth=1, mlp_dim=48, num_heads=2)
@@ -44,7 +41,7 @@ def tiny_wls_config(stages=("wls",), **stage_configs):
 def tiny_wls_stage(config, mesh, workdir=None):
     """(the built `wls` stage of `config` with a tiny random BERT, the pretrained params that
     enter it: {"img": a random ViT}), through the method's own builder."""
-    tokenizer = _tokenizer()
+    tokenizer = world_tokenizer()
     context = context_lib.Context(config, workdir=workdir, mesh=mesh)
     context.tokenizer = tokenizer
     text = dict(TINY_TEXT, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
@@ -229,7 +226,7 @@ def test_caption_features_computed_once_give_the_loss_and_gradients_of_the_text_
     (padded eval batches, here 3 by 3): the loss and its gradients are those of running the text
     tower at every step."""
     _, context, stage, _, params = sweep_setup(dict(name="film"))
-    task, model, tokenizer = context.task, stage.spec.model, _tokenizer()
+    task, model, tokenizer = context.task, stage.spec.model, world_tokenizer()
     records = [task.caption_source[i] for i in range(8)]
     operations = [*task.caption_operations, transforms.Tokenize(tokenizer),
                   transforms.SelectKeys(("image", "tokens"))]
@@ -341,7 +338,7 @@ def test_features_and_params_come_to_the_host_whole_and_in_order_on_two_processe
     """Multi-host WLS: each process reads a contiguous share of the records, yet features come
     back in record order (caption features are looked up by record), and params sharded over
     both processes (fsdp) are gathered rather than failing as `jax.device_get` does."""
-    address = f"localhost:{test_multiprocess._free_port()}"
+    address = f"localhost:{free_port()}"
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     runs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, address, str(pid)],
@@ -374,9 +371,9 @@ MOCK_IMAGE_SIZE, MOCK_PAIRS = 16, 6
 
 def mock_imagenet_records(name):
     """NUM_MOCK_EXAMPLES distinct images per set, in as many classes (the subset's for -R / -A)."""
-    labels = test_real_configs.SUBSET_IDS.get(name, range(test_sources.NUM_MOCK_EXAMPLES))
-    return [{"image": test_sources.png_bytes(colour=(40 * i, 200 - 30 * i, 15 * i * i % 256)),
-             "label": np.int64(labels[i % 3])} for i in range(test_sources.NUM_MOCK_EXAMPLES)]
+    labels = SUBSET_IDS.get(name, range(NUM_MOCK_EXAMPLES))
+    return [{"image": png_bytes(colour=(40 * i, 200 - 30 * i, 15 * i * i % 256)),
+             "label": np.int64(labels[i % 3])} for i in range(NUM_MOCK_EXAMPLES)]
 
 
 def write_captions(kind, root):
@@ -386,17 +383,17 @@ def write_captions(kind, root):
             (root / "train" / wnid).mkdir(parents=True)
             for i in range(MOCK_PAIRS // 2):
                 (root / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(
-                    test_captions.encoded_image(60 * index + 20 * i, "JPEG"))
+                    encoded_image(60 * index + 20 * i, "JPEG"))
         return root
     if kind == "cc_20k":
         (root / "shards").mkdir(parents=True)
         for shard in range(2):
-            test_captions.write_tar_shard(root / "shards" / f"{shard:06d}.tar", [
+            write_tar_shard(root / "shards" / f"{shard:06d}.tar", [
                 member for i in range(MOCK_PAIRS // 2) for member in (
-                    (f"{shard}_{i}.jpg", test_captions.encoded_image(90 * shard + 30 * i, "JPEG")),
+                    (f"{shard}_{i}.jpg", encoded_image(90 * shard + 30 * i, "JPEG")),
                     (f"{shard}_{i}.txt", f"a grey square number {i} of shard {shard}".encode()))])
         return root / "shards"
-    return test_captions.write_coco(root, captions_per_image=(2,) * MOCK_PAIRS)
+    return write_coco(root, captions_per_image=(2,) * MOCK_PAIRS)
 
 
 @pytest.fixture(scope="module")
@@ -410,13 +407,10 @@ def dino_dir(tmp_path_factory):
     return directory
 
 
-tfds_dir = test_sources.tfds_dir  # The fixture of mocked TFDS metadata.
-
-
 @pytest.fixture(scope="module")
 def imagenet_tfds_dir(tfds_dir):
     """The mocked TFDS datasets plus an ObjectNet folder beside them."""
-    test_sources.write_objectnet(epath.Path(tfds_dir), {"alarm_clock": 2, "banana": 2})
+    write_objectnet(epath.Path(tfds_dir), {"alarm_clock": 2, "banana": 2})
     return tfds_dir
 
 
@@ -441,7 +435,7 @@ def test_founding_experiment_runs_through_main_on_mocks(adapter, data, dino_dir,
     workdir, config_arg = tmp_path / "workdir", f"{WLS_CONFIG}:adapter={adapter},data={data}"
     overrides = founding_overrides(dino_dir=dino_dir, data_dir=imagenet_tfds_dir, steps=2,
                                    captions_path=write_captions(data, tmp_path / data))
-    with test_sources.mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
+    with mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
         run_main_in_process(["main", f"--config={config_arg}", f"--workdir={workdir}",
                              *overrides], monkeypatch)
         config = load(config_arg, *overrides)
@@ -466,7 +460,7 @@ def test_founding_experiment_runs_through_main_on_mocks(adapter, data, dino_dir,
     features_fn = jax.jit(lambda p, images: model.apply({"params": p}, images)[1]["encoded"][:, 0])
     mesh = sharding.make_mesh()
     read = dict(batch_size=8, mesh=mesh, worker_count=0)
-    with jax.set_mesh(mesh), test_sources.mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
+    with jax.set_mesh(mesh), mocked_tfds(imagenet_tfds_dir, mock_imagenet_records):
         bank = features_lib.labelled_features(features_fn, params, task.train_eval_set, **read)
         for eval_set in task.eval_sets:
             expected = knn.eval_set_accuracy(
