@@ -12,15 +12,8 @@ from wlsft_jax import recipes
 
 def get_config(arg=None):
     recipes.parse_arg(arg, ("world",))
+    stages = ("lp", "ft", "lpft", "flyp")
     config = recipes.from_world_clip(
-        stages=("lp", "ft", "lpft", "flyp"),
-        lp=recipes.lp_stage(steps=150),
-        ft=recipes.stage("ft", input=recipes.INITIAL_WEIGHTS,
-                         optim=dict(lr=1e-4, wd=0.1, warmup_steps=15), steps=150),
-        lpft=recipes.stage("ft", input="lp",
-                           optim=dict(lr=3e-5, wd=0.1, warmup_steps=15), steps=150),
-        flyp=recipes.stage("flyp", input=recipes.INITIAL_WEIGHTS, templates="simple",
-                           optim=dict(lr=1e-4, wd=0.1, warmup_steps=15), steps=150),
-    )
+        stages=stages, **{name: recipes.world_clip_stage(name) for name in stages})
     config.num_seeds = 3
     return config

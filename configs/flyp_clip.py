@@ -35,7 +35,4 @@ def get_config(arg=None):
             arg, stages=("flyp",),
             flyp=recipes.real_stage("flyp", arg, templates=recipes.REAL_TASKS[arg]["templates"],
                                     optim=dict(lr=1e-5)))
-    return recipes.from_world_clip(
-        stages=("flyp",),
-        flyp=recipes.stage("flyp", steps=250, templates="simple",
-                           optim=dict(lr=1e-4, wd=0.1, warmup_steps=25)))
+    return recipes.from_world_clip(stages=("flyp",), flyp=recipes.world_clip_stage("flyp"))

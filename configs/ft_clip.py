@@ -23,6 +23,4 @@ def get_config(arg=None):
         return recipes.real_clip(
             arg, stages=("ft",),
             ft=recipes.real_stage("ft", arg, optim=dict(lr=3e-5, grad_clip_norm=1.0)))
-    return recipes.from_world_clip(
-        stages=("ft",),
-        ft=recipes.stage("ft", steps=250, optim=dict(lr=1e-4, wd=0.1, warmup_steps=25)))
+    return recipes.from_world_clip(stages=("ft",), ft=recipes.world_clip_stage("ft"))

@@ -15,8 +15,7 @@ from wlsft_jax import recipes
 
 def get_config(arg=None):
     arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
-    lp = recipes.lp_stage()
     if arg != "world":
-        lp.batch_size = recipes.REAL_TASKS[arg]["batch_size"]
+        lp = recipes.lp_stage(batch_size=recipes.REAL_TASKS[arg]["batch_size"])
         return recipes.real_clip(arg, stages=("lp",), lp=lp)
-    return recipes.from_world_clip(stages=("lp",), lp=lp)
+    return recipes.from_world_clip(stages=("lp",), lp=recipes.world_clip_stage("lp"))

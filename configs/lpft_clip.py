@@ -18,9 +18,8 @@ from wlsft_jax import recipes
 def get_config(arg=None):
     arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
     if arg != "world":
-        lp = recipes.lp_stage()
-        lp.batch_size = recipes.REAL_TASKS[arg]["batch_size"]
+        lp = recipes.lp_stage(batch_size=recipes.REAL_TASKS[arg]["batch_size"])
         return recipes.real_clip(arg, stages=("lp", "lpft"), lp=lp,
                                  lpft=recipes.real_stage("ft", arg, optim=dict(lr=1e-5)))
-    ft = recipes.stage("ft", steps=250, optim=dict(lr=3e-5, wd=0.1, warmup_steps=25))
-    return recipes.from_world_clip(stages=("lp", "lpft"), lp=recipes.lp_stage(), lpft=ft)
+    return recipes.from_world_clip(stages=("lp", "lpft"), lp=recipes.world_clip_stage("lp"),
+                                   lpft=recipes.world_clip_stage("lpft"))

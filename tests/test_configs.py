@@ -34,7 +34,7 @@ def test_an_override_changes_the_value():
     assert config.ft.optim.lr == 0.125
     assert config.ft.batch_size == 64
     assert config.data.id_domain == "sketch" and tuple(config.data.ood_domains) == ("photo",)
-    assert load().ft.optim.lr == 1e-4
+    assert load().ft.optim.lr == recipes.WORLD_CLIP_TUNED["ft"][0]
     checks.check_config(config)
     experiment.check_names(config)
 
@@ -71,7 +71,7 @@ def test_an_unknown_optim_key_fails_naming_it_and_the_valid_keys():
     ("ft.optim.decay", "step", r"'step'; valid decays: \('cosine'"),
     ("ft.optim.schedule", [(".*", {"lr_mul": 2.0})],
      r"unknown settings \['lr_mul'\]; valid settings: \('lr_mult', 'wd_mult'\)"),
-    ("ft.optim.warmup_steps", 250, "warmup_steps < total_steps"),
+    ("ft.optim.warmup_steps", 1_000, "warmup_steps < total_steps"),
     ("ft.templates", "simple", r"config\.ft\.templates applies to method 'flyp' only"),
     ("tokenizer.kind", "bert", r"'bert'; valid choices: \['world', 'clip_bpe', 'hf_json'\]"),
     ("data.source", "laion", r"'laion'; valid choices: \['world', 'real'\]"),
@@ -117,10 +117,14 @@ def test_a_non_scratch_init_needs_a_path():
         checks.check_config(config)
 
 
-def test_the_first_stage_needs_weights_unless_it_pretrains():
-    config = recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=100))
+@pytest.mark.parametrize("method", ["flyp", "lp"])
+def test_the_first_stage_needs_weights_unless_it_may_train_from_scratch(method):
+    """FLYP and LP fine-tune a pretrained model; ft from scratch is a testbed model
+    (configs/testbed_world.py), so it passes."""
+    config = recipes.base(stages=(method,), **{method: recipes.stage(method, steps=100)})
     with pytest.raises(ValueError, match="add a 'pretrain' stage first"):
         checks.check_config(config)
+    checks.check_config(recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=100)))
 
 
 def test_a_stage_without_a_section_is_named():

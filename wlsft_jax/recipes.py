@@ -172,11 +172,34 @@ def parse_arg(arg, valid):
     return arg
 
 
-def lp_stage(**overrides) -> ml_collections.ConfigDict:
+def lp_stage(*, lr: float = 1e-2, **overrides) -> ml_collections.ConfigDict:
     """Linear probe through the training loop: only `head/...` trains, the rest is frozen."""
     return stage("lp", **{"steps": 250, **overrides},
-                 optim=dict(lr=1e-2, wd=0.0, warmup_steps=0,
+                 optim=dict(lr=lr, wd=0.0, warmup_steps=0,
                             schedule=[("head/.*", {}), (".*", None)]))
+
+
+# (lr, steps) of each method fine-tuning world_clip on the embedded world, chosen on photo's
+# validation split by launch/tune.py (the command, grid and scores: README "Which claims hold").
+# The single-method configs and configs/compare_clip.py train exactly these stages, so a
+# single-method run is compare_clip's seed 0.
+WORLD_CLIP_TUNED = {"lp": (1e-2, 150), "ft": (1e-3, 300), "lpft": (1e-4, 300),
+                    "flyp": (1e-4, 300)}
+
+
+def world_clip_stage(name: str) -> ml_collections.ConfigDict:
+    """Stage `name` (lp, ft, lpft: ft from the lp stage, flyp) of WORLD_CLIP_TUNED: AdamW with
+    weight decay 0.1 and 15 warm-up steps, as tuned (LP: no decay, no warm-up)."""
+    checks.choice(name, tuple(WORLD_CLIP_TUNED), "tuned world stage")
+    lr, steps = WORLD_CLIP_TUNED[name]
+    if name == "lp":
+        return lp_stage(lr=lr, steps=steps)
+    optim = dict(lr=lr, wd=0.1, warmup_steps=15)
+    if name == "flyp":
+        return stage("flyp", input=INITIAL_WEIGHTS, templates="simple", optim=optim,
+                     steps=steps)
+    return stage("ft", input="lp" if name == "lpft" else INITIAL_WEIGHTS, optim=optim,
+                 steps=steps)
 
 
 # The real-data tasks of the CLIP configs (`--config=configs/<x>_clip.py:<task>`): ID dataset,
