@@ -14,7 +14,7 @@ from wlsft_jax import cli  # First: it quiets TensorFlow.
 from absl import app, flags  # noqa: E402
 from etils import epath  # noqa: E402
 
-from wlsft_jax import report, testbed  # noqa: E402
+from wlsft_jax import records as records_lib, testbed  # noqa: E402
 
 _RESULTS = flags.DEFINE_string("results", None, "A testbed run's report/results.json.")
 _OUT = flags.DEFINE_string("out", None, "Where the testbed JSON goes (local or gs://).")
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["results", "out"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    records = report.load_records(_RESULTS.value)
+    records = records_lib.load_records(_RESULTS.value)
     ids = sorted({r["dataset"] for r in records if r["kind"] == "id"})
     if len(ids) != 1:
         raise ValueError(f"{_RESULTS.value} has ID datasets {ids}; a testbed has exactly one.")
@@ -36,7 +36,7 @@ def main(argv) -> None:
     out = epath.Path(_OUT.value)
     out.write_text(json.dumps(dict(name=out.stem, **fitted, command=_COMMAND.value), indent=1)
                    + "\n")
-    print(report.BaselineLine(fitted["slope"], fitted["intercept"]))
+    print(records_lib.BaselineLine(fitted["slope"], fitted["intercept"]))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ seeds, each mixed with the pretrained CLIP across alphas and scored by its metho
 trained from scratch (DINO) scored as trained, and periodically while it trains."""
 import os
 
-from wlsft_jax import report, train
+from wlsft_jax import records as records_lib, train
 from helpers import REPO, run_main_in_process
 
 TINY = ["--config.data.image_size=16",
@@ -21,7 +21,7 @@ def test_every_stage_of_compare_clip_runs_through_the_one_runner(tmp_path, monke
                                     ("optim.warmup_steps", 1))]
     run_main_in_process(["main", f"--config={os.path.join(REPO, 'configs', 'compare_clip.py')}",
                          f"--workdir={workdir}", *TINY, *overrides], monkeypatch)
-    records = report.load_records(workdir / "report" / "results.json")
+    records = records_lib.load_records(workdir / "report" / "results.json")
     rows = {(r["method"], r["seed"], r["alpha"]) for r in records}
     assert rows == {("zeroshot", 0, 0.0)} | {
         (method, seed, alpha) for method in STAGES for seed in (0, 1)
@@ -51,7 +51,7 @@ def test_a_stage_trained_from_scratch_is_scored_as_trained_and_while_it_trains(t
          "--config.eval.batch_size=16", "--config.eval.knn_ks=(1,10)",
          "--config.eval.knn_report_k=10", "--config.data.ood_domains=('sketch',)"],
         monkeypatch)
-    records = report.load_records(workdir / "report" / "results.json")
+    records = records_lib.load_records(workdir / "report" / "results.json")
     assert {(r["method"], r["alpha"], r["dataset"], r["metric"]) for r in records} == {
         ("dino", 1.0, dataset, f"knn{k}_{name}") for dataset in ("photo", "sketch")
         for k in (1, 10) for name in ("top1", "top5")}

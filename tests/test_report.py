@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from wlsft_jax import report
+from wlsft_jax import plots, records as records_lib, report
 
 ID = "photo"
 OOD = ["sketch", "cartoon"]
@@ -79,10 +79,10 @@ def test_json_and_csv_round_trip_in_stable_order(tmp_path):
     for name in ("results.json", "results.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
-    loaded = report.load_records(str(tmp_path / "a" / "results.json"))
-    assert loaded == sorted(records, key=report.record_key)
+    loaded = records_lib.load_records(str(tmp_path / "a" / "results.json"))
+    assert loaded == sorted(records, key=records_lib.record_key)
     with open(tmp_path / "a" / "results.csv") as f:
-        from_csv = [report.validate_record(row) for row in csv.DictReader(f)]
+        from_csv = [records_lib.validate_record(row) for row in csv.DictReader(f)]
     assert from_csv == loaded
 
 
@@ -115,7 +115,7 @@ def test_ood_metric_tabulates_the_ood_columns_by_their_own_metric(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "# Robustness report: top1 (ID), worst_region_top1 (OOD)" in markdown
     assert "left out of the average: `painting`" in markdown
-    report.plot_metric_vs_alpha(records, tmp_path / "alpha.png", id_dataset=ID, ood_datasets=OOD,
+    plots.plot_metric_vs_alpha(records, tmp_path / "alpha.png", id_dataset=ID, ood_datasets=OOD,
                                 **metrics)
     assert image.imread(tmp_path / "alpha.png").std() > 0
     top1_only = [r for r in records if r["metric"] == "top1"]
@@ -155,7 +155,7 @@ def read_scalars(log_dir):
 
 
 # A fixed testbed line: the models trained without robust pretraining (wlsft_jax.testbed).
-TESTBED = report.Baseline(report.BaselineLine(slope=0.8, intercept=-0.9),
+TESTBED = records_lib.Baseline(records_lib.BaselineLine(slope=0.8, intercept=-0.9),
                           [("small", 0.5, 0.3), ("large", 0.9, 0.6)], "test testbed")
 
 
@@ -215,22 +215,22 @@ def test_effective_robustness_is_na_without_a_baseline(tmp_path):
 
 
 def test_a_baseline_line_needs_two_distinct_id_values():
-    rows = report.rows_of([r for r in make_records() if r["alpha"] == 0.0], id_dataset=ID,
+    rows = records_lib.rows_of([r for r in make_records() if r["alpha"] == 0.0], id_dataset=ID,
                           ood_datasets=OOD)
     with pytest.raises(ValueError, match="at least two distinct ID values"):
-        report.fit_baseline_line(rows, ID)
+        records_lib.fit_baseline_line(rows, ID)
 
 
 def test_merge_records_dedups_newer_wins_and_sorts():
     old = make_records()
     newer = dict(old[0], value=0.99)
     extra = dict(old[0], seed=7)
-    merged = report.merge_records(old, [newer, extra])
+    merged = records_lib.merge_records(old, [newer, extra])
     assert len(merged) == len(old) + 1
-    by_key = {report.record_key(r): r for r in merged}
-    assert by_key[report.record_key(newer)]["value"] == 0.99
-    assert by_key[report.record_key(extra)]["seed"] == 7
-    assert merged == sorted(merged, key=report.record_key)
+    by_key = {records_lib.record_key(r): r for r in merged}
+    assert by_key[records_lib.record_key(newer)]["value"] == 0.99
+    assert by_key[records_lib.record_key(extra)]["seed"] == 7
+    assert merged == sorted(merged, key=records_lib.record_key)
 
 
 BAD_RECORDS = [
@@ -251,7 +251,7 @@ def test_bad_records_are_rejected(tmp_path, corrupt, message):
     with pytest.raises(ValueError, match=message):
         report.write_report(records, str(tmp_path), id_dataset=ID, ood_datasets=OOD)
     with pytest.raises(ValueError, match=message):
-        report.merge_records([], records)
+        records_lib.merge_records([], records)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +276,7 @@ def test_inconsistent_records_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="share the key.*merge_records"):
         report.write_report(records + records[:1], str(tmp_path), id_dataset=ID, ood_datasets=OOD)
     dropped = ("FT", 0.5, "cartoon", "top1", 1)
-    missing_seed = [r for r in records if report.record_key(r) != dropped]
+    missing_seed = [r for r in records if records_lib.record_key(r) != dropped]
     with pytest.raises(ValueError, match=r"FT at alpha=0.5 has no 'cartoon' record.*\[1\]"):
         report.write_report(missing_seed, str(tmp_path), id_dataset=ID, ood_datasets=OOD)
     percentages = [dict(r, value=100 * r["value"]) for r in records]
@@ -301,7 +301,7 @@ def test_load_records_rejects_bad_files(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"method": "FT"}))
     with pytest.raises(ValueError, match="expected a list of records"):
-        report.load_records(str(path))
+        records_lib.load_records(str(path))
     path.write_text(json.dumps(make_records()[:1] * 2))
     with pytest.raises(ValueError, match="share the key"):
-        report.load_records(str(path))
+        records_lib.load_records(str(path))

@@ -16,7 +16,8 @@ import orbax.checkpoint as ocp
 import jax.numpy as jnp
 import pytest
 
-from wlsft_jax import checkpoint, context as context_lib, experiment, report, sharding, sweep
+from wlsft_jax import (checkpoint, context as context_lib, experiment, records as records_lib,
+                       sharding, sweep)
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
 from helpers import REPO, load
@@ -189,7 +190,7 @@ def test_seed_directories_are_seeds_of_one_report_row(runs, tmp_path):
     outcome = run_sweep(runs, out, checkpoints=[str(tmp_path / "w" / "flyp" / f"seed{seed}")
                                                 for seed in (0, 1)], alphas=(0.0, 1.0))
     assert len(outcome.evaluated) == 8 and outcome.failures == []
-    records = report.load_records(out / "results.json")
+    records = records_lib.load_records(out / "results.json")
     assert {(r["method"], r["seed"]) for r in records} == {("flyp", 0), ("flyp", 1)}
     assert "seeds per row: 2" in (out / "report" / "report.md").read_text()
 
@@ -208,7 +209,7 @@ def test_alpha_zero_is_evaluated_once_per_dataset(runs, clean_sweep, tmp_path, m
     outcome = run_sweep(runs, tmp_path / "out")
     assert len(outcome.evaluated) == 12
     assert sorted(calls) == sorted([0.0] * 2 + [a for a in ALPHAS if a] * 4)
-    assert values_of(report.load_records(tmp_path / "out" / "results.json")) == values_of(
+    assert values_of(records_lib.load_records(tmp_path / "out" / "results.json")) == values_of(
         clean_sweep[1])
 
 
@@ -224,7 +225,7 @@ def test_a_rerun_that_matches_more_checkpoints_keeps_their_names(runs, tmp_path)
     assert {cell.method for cell in second.evaluated} == {"again/flyp"}
     assert json.loads((out / "checkpoints.json").read_text()) == {
         str(runs / "flyp"): "flyp", str(tmp_path / "again" / "flyp"): "again/flyp"}
-    assert {r["method"] for r in report.load_records(out / "results.json")} == {
+    assert {r["method"] for r in records_lib.load_records(out / "results.json")} == {
         "flyp", "again/flyp"}
 
 

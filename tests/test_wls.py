@@ -15,7 +15,8 @@ import pytest
 from etils import epath
 
 from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
-                       objectives, optim, recipes, report, sharding, train)
+                       objectives, optim, recipes, records as records_lib, sharding,
+                       train)
 from wlsft_jax.data import captions, pipeline, tasks, transforms, world
 from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import wls as wls_method
@@ -278,7 +279,7 @@ def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
             "--config.eval.knn_report_k=10", "--config.eval.alphas=(0.0,1.0)",
             "--config.eval.batch_size=64"]
     run_main_in_process(argv, monkeypatch)
-    records = report.load_records(workdir / "report" / "results.json")
+    records = records_lib.load_records(workdir / "report" / "results.json")
     assert {(r["alpha"], r["dataset"]) for r in records if r["metric"] == "knn10_top1"} == {
         (0.0, "photo"), (0.0, "sketch"), (1.0, "photo"), (1.0, "sketch")}
     assert (workdir / "report" / "knn10_top1_vs_alpha.png").exists()
@@ -440,7 +441,7 @@ def test_founding_experiment_runs_through_main_on_mocks(adapter, data, dino_dir,
                              *overrides], monkeypatch)
         config = load(config_arg, *overrides)
         task = tasks.build(config.data, seed=0)
-    records = report.load_records(workdir / "report" / "results.json")
+    records = records_lib.load_records(workdir / "report" / "results.json")
     names = [s.name for s in task.eval_sets]
     metrics = [f"knn{k}_{n}" for k in (1, 3) for n in ("top1", "top5")]
     assert sorted((r["alpha"], r["dataset"], r["metric"]) for r in records) == sorted(

@@ -16,7 +16,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from wlsft_jax import (checks, context as context_lib, evals, interpolate, methods, report,
+from wlsft_jax import (checks, context as context_lib, evals, interpolate, methods, plots, report,
                        testbed, train)
 from wlsft_jax.data import tasks
 
@@ -50,7 +50,7 @@ def write_report(config, records, directory, *, id_dataset, ood_datasets, writer
     table = report.write_report(records, directory, **datasets, **metrics, baseline=baseline,
                                 writer=writer)
     plot_name = "_".join(dict.fromkeys(metrics.values()))
-    report.plot_metric_vs_alpha(records, epath.Path(directory) / f"{plot_name}_vs_alpha.png",
+    plots.plot_metric_vs_alpha(records, epath.Path(directory) / f"{plot_name}_vs_alpha.png",
                                 **datasets, **metrics)
     return table
 

@@ -37,7 +37,7 @@ from absl import logging
 from etils import epath
 
 from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
-                       interpolate, report, sharding)
+                       interpolate, records as records_lib, sharding)
 from wlsft_jax.evals import zero_shot
 
 _GLOB_CHARACTERS = re.compile(r"[*?[]")
@@ -224,7 +224,7 @@ class Ledger:
     def __init__(self, out: epath.Path):
         self.results_path, self.failures_path = out / "results.json", out / "failures.json"
         self.names_path = out / "checkpoints.json"
-        self.records = (report.load_records(self.results_path)
+        self.records = (records_lib.load_records(self.results_path)
                         if self.results_path.exists() else [])
         self.failures = []
         self._finished = {_cell_key(r) for r in self.records}
@@ -250,7 +250,7 @@ class Ledger:
         return cell.key in self._finished
 
     def add(self, records) -> None:
-        self.records = report.merge_records(self.records, records)
+        self.records = records_lib.merge_records(self.records, records)
         self._finished.update(map(_cell_key, records))
         self._write(self.results_path, self.records)
 

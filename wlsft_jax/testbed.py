@@ -22,7 +22,7 @@ import json
 
 from etils import epath
 
-from wlsft_jax import report
+from wlsft_jax import records as records_lib
 
 TESTBEDS = epath.Path(__file__).parent / "data" / "testbeds"
 
@@ -39,13 +39,13 @@ def fit(records, *, id_dataset, ood_datasets=None, metric="top1", ood_metric=Non
     ood_metric = ood_metric or metric
     if ood_datasets is None:
         ood_datasets = sorted({r["dataset"] for r in records if r["kind"] == "ood"})
-    rows = report.rows_of(records, id_dataset=id_dataset, ood_datasets=ood_datasets,
+    rows = records_lib.rows_of(records, id_dataset=id_dataset, ood_datasets=ood_datasets,
                           metric=metric, ood_metric=ood_metric)
-    line = report.fit_baseline_line(rows, id_dataset)
+    line = records_lib.fit_baseline_line(rows, id_dataset)
     return dict(id_dataset=id_dataset, ood_datasets=list(ood_datasets), metric=metric,
                 ood_metric=ood_metric, slope=line.slope, intercept=line.intercept,
                 points=[dict(model=row.method, id=row.mean(id_dataset),
-                             avg_ood=row.mean(report.AVG_OOD)) for row in rows])
+                             avg_ood=row.mean(records_lib.AVG_OOD)) for row in rows])
 
 
 def load(name_or_path: str) -> dict:
@@ -63,7 +63,7 @@ def load(name_or_path: str) -> dict:
 
 
 def baseline(name_or_path, *, id_dataset, ood_datasets, metrics) -> tuple[
-        report.Baseline | None, str]:
+        records_lib.Baseline | None, str]:
     """(the report's Baseline, "") when the testbed measured this report's ID and OOD datasets in
     its metrics; (None, why not) otherwise, or with no testbed named."""
     if not name_or_path:
@@ -79,5 +79,5 @@ def baseline(name_or_path, *, id_dataset, ood_datasets, metrics) -> tuple[
     description = (f"testbed {testbed['name']!r}, {len(testbed['points'])} models trained on "
                    f"{id_dataset} only")
     points = [(p["model"], p["id"], p["avg_ood"]) for p in testbed["points"]]
-    line = report.BaselineLine(testbed["slope"], testbed["intercept"])
-    return report.Baseline(line, points, description), ""
+    line = records_lib.BaselineLine(testbed["slope"], testbed["intercept"])
+    return records_lib.Baseline(line, points, description), ""
