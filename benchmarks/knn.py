@@ -5,7 +5,8 @@
 
 All contenders see the same L2-normalised clustered features and use DINO's weighting
 exp(cos / 0.07) (sklearn through a callable `weights`); faiss (optional, `pip install faiss-cpu`)
-only searches. Prints the median time of each, its ratio to ours, and how far the answers agree.
+only searches. Prints the median time of each, its ratio to ours, and how far the answers agree;
+the last lines read `ratio <R>x vs <baseline>` (R: the baseline's time over ours).
 """
 import argparse
 
@@ -103,6 +104,9 @@ def main():
     for name, note in agreement.items():
         print(f"| {name:52} | {seconds[name]:7.3f} | {seconds[name] / seconds[OURS]:16.2f} "
               f"| {note} |")
+    for name in agreement:
+        if name != OURS:
+            print(f"ratio {seconds[name] / seconds[OURS]:.2f}x vs {name}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ machine's matmul peak in the same run (`interleaved_timing`), so load from other
 on all alike. Model FLOPs per step come from XLA's cost analysis of the compiled step and are
 cross-checked against an analytic matmul count; MFU = achieved model FLOP/s / measured peak.
 The load average is printed before and after: PyTorch suffers more than XLA on a busy machine.
+The last lines read `ratio <R>x vs <PyTorch contender>` (R: its time over ours, fp32).
 """
 import argparse
 import functools
@@ -182,6 +183,9 @@ def main():
         print(f"{name:<30} {steps_per_second:>8.2f} {steps_per_second * BATCH:>11.1f} "
               f"{steps_per_second / baseline:>10.2f}x {achieved / 1e9:>8.1f} "
               f"{achieved / peak:>6.1%}")
+    for name in steps:
+        if name.startswith("PyTorch"):
+            print(f"ratio {seconds[name] / seconds['wlsft_jax fp32']:.2f}x vs {name}")
 
 
 if __name__ == "__main__":
