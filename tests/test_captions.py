@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from wlsft_jax.data import captions, pipeline, templates, tokenizer, transforms
+from wlsft_jax.data import caption_formats, captions, pipeline, templates, tokenizer, transforms
 from helpers import encoded_image, write_coco, write_tar_shard
 
 
@@ -28,7 +28,7 @@ def write_captions_file(folder, count: int, suffix: str = ".tsv", header: bool =
         rows.append((f"images/{i}.png", f"caption {i}"))
     file = folder / f"pairs{suffix}"
     if suffix == ".tsv":
-        lines = ([captions.TSV_HEADER] if header else []) + [f"{p}\t{c}" for p, c in rows]
+        lines = ([caption_formats.TSV_HEADER] if header else []) + [f"{p}\t{c}" for p, c in rows]
     else:
         lines = [json.dumps({"image_path": p, "caption": c}) for p, c in rows]
     file.write_text("\n".join(lines) + "\n")
@@ -147,7 +147,7 @@ def test_imagenet_folder_captions_are_class_names_in_templates(tmp_path):
                                         template_set="simple")
     assert {simple[i]["caption"] for i in range(2)} <= {"a photo of a tench.",
                                                         "a photo of a goldfish."}
-    assert len(captions.imagenet_wnids()) == 1000
+    assert len(caption_formats.imagenet_wnids()) == 1000
 
     (tmp_path / "train" / "cats").mkdir()
     with pytest.raises(ValueError, match=r"\['cats'\] that are not ImageNet-1k WordNet ids"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wlsft_jax import sharding
-from wlsft_jax.models import overview, text, two_towers, vit
+from wlsft_jax.models import overview, text, two_towers, vit, vit_params
 from helpers import images, random_params
 
 LOGICAL_AXES = {"embed", "mlp", "heads", "kv", "vocab", "joint", "classes", None}
@@ -91,7 +91,7 @@ def test_resample_posemb_keeps_a_linear_ramp_and_identity():
 
 def test_resample_patch_kernel_preserves_embedding_of_resized_patches():
     kernel = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
-    new_kernel = vit.resample_patch_kernel(kernel, 8)
+    new_kernel = vit_params.resample_patch_kernel(kernel, 8)
     patch = jax.random.normal(jax.random.key(2), (4, 4, 3))
     resized = jax.image.resize(patch, (8, 8, 3), "bilinear")
     np.testing.assert_allclose(jnp.einsum("hwc,hwcd->d", resized, new_kernel),
@@ -211,12 +211,12 @@ def memory_levers(scan=False, remat_policy="none", image=TINY_IMAGE):
 def test_scanned_towers_match_looped_ones_with_stacked_params():
     looped, scanned = memory_levers(), memory_levers(scan=True)
     params = random_params(looped, images(), tokens())
-    stacked = vit.stack_layers(params)
+    stacked = vit_params.stack_layers(params)
     abstract = nn.unbox(jax.eval_shape(scanned.init, jax.random.key(0), images(), tokens()))
     assert jax.tree.map(lambda p: p.shape, stacked) == jax.tree.map(lambda p: p.shape,
                                                                      abstract["params"])
     assert stacked["img"]["encoderblock"]["attn"]["qkv"]["kernel"].shape == (2, 32, 3, 2, 16)
-    jax.tree.map(np.testing.assert_array_equal, vit.unstack_layers(stacked), params)
+    jax.tree.map(np.testing.assert_array_equal, vit_params.unstack_layers(stacked), params)
     zimg, ztxt, out = looped.apply({"params": params}, images(), tokens())
     zimg_s, ztxt_s, out_s = scanned.apply({"params": stacked}, images(), tokens())
     np.testing.assert_allclose(zimg_s, zimg, atol=1e-5)
@@ -243,7 +243,7 @@ def test_remat_and_scan_keep_values_and_gradients(scan, remat_policy, adapter_na
     image, params, loss, grads = looped_reference(adapter_name)
     model = memory_levers(scan, remat_policy, image=image)
     if scan:
-        params = vit.stack_layers(params)
+        params = vit_params.stack_layers(params)
     loss_and_grads = jax.value_and_grad(functools.partial(clip_loss, model))
     jaxpr = str(jax.make_jaxpr(loss_and_grads)(params))
     assert ("remat" in jaxpr) == (remat_policy != "none")
@@ -251,7 +251,7 @@ def test_remat_and_scan_keep_values_and_gradients(scan, remat_policy, adapter_na
     loss_2, grads_2 = jax.jit(loss_and_grads)(params)
     np.testing.assert_allclose(loss_2, loss, rtol=1e-5)
     jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-5),
-                 vit.unstack_layers(grads_2), grads)
+                 vit_params.unstack_layers(grads_2), grads)
 
 
 def test_scanned_params_are_fully_sharded_over_fsdp():
@@ -283,6 +283,7 @@ def test_bad_memory_options_raise_clear_errors():
                                                                      None)
     adapted = vit.Model(**TINY_IMAGE, adapter=dict(name="film", blocks=(1, 2)))
     with pytest.raises(ValueError, match="adapters on some blocks"):
-        vit.stack_layers(random_params(adapted, images()))
+        vit_params.stack_layers(random_params(adapted, images()))
     with pytest.raises(ValueError, match="not encoderblock_0 ... encoderblock_1"):
-        vit.stack_layers({"encoderblock_0": {"w": jnp.ones(2)}, "encoderblock_2": {"w": jnp.ones(2)}})
+        vit_params.stack_layers({"encoderblock_0": {"w": jnp.ones(2)},
+                                 "encoderblock_2": {"w": jnp.ones(2)}})

@@ -17,7 +17,7 @@ from etils import epath
 from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
                        objectives, optim, recipes, records as records_lib, sharding,
                        train)
-from wlsft_jax.data import captions, pipeline, tasks, transforms, world
+from wlsft_jax.data import caption_formats, pipeline, tasks, transforms, world
 from wlsft_jax.evals import features as features_lib, knn
 from wlsft_jax.methods import wls as wls_method
 from wlsft_jax.models import adapters, bert, vit, wls
@@ -380,7 +380,7 @@ def mock_imagenet_records(name):
 def write_captions(kind, root):
     """The captions_path of a tiny `kind` dataset of MOCK_PAIRS pairs written under `root`."""
     if kind == "imagenet_20k":
-        for index, wnid in enumerate(captions.imagenet_wnids()[:2]):
+        for index, wnid in enumerate(caption_formats.imagenet_wnids()[:2]):
             (root / "train" / wnid).mkdir(parents=True)
             for i in range(MOCK_PAIRS // 2):
                 (root / "train" / wnid / f"{wnid}_{i}.JPEG").write_bytes(

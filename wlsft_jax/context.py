@@ -20,7 +20,7 @@ from wlsft_jax import checkpoint, convert, pretrained, sharding
 from wlsft_jax.data import pipeline, tasks
 from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
-from wlsft_jax.models import classifier, two_towers, vit
+from wlsft_jax.models import classifier, two_towers, vit_params
 
 # Each tower's memory options (models/vit.py, launch/MEMORY.md) that a config may set.
 MEMORY_LEVERS = ("scan", "remat_policy")
@@ -200,7 +200,7 @@ def with_memory_levers(model_config, clip_model, params):
                   if lever in model_config[key]}
         towers[field] = dict(getattr(clip_model, field), **levers)
         if levers.get("scan"):
-            params = {**params, key: vit.stack_layers(params[key])}
+            params = {**params, key: vit_params.stack_layers(params[key])}
     return clip_model.clone(**towers), params
 
 

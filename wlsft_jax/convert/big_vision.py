@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wlsft_jax.convert.keys import abstract_params, check_keys
-from wlsft_jax.models import overview, vit
+from wlsft_jax.models import overview, vit, vit_params
 
 # Our flat param path -> big_vision's, applied in order.
 RENAMES = (
@@ -146,8 +146,8 @@ def from_big_vision(path: str, *, image_size: int | None = None, patch_size: int
     check_keys({k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in state.items()},
                source=path)
     params = jax.tree.map(jnp.asarray, from_big_vision_state(state, abstract))
-    config, params = vit.with_resolution(config, params, image_size=image_size,
-                                         patch_size=patch_size)
+    config, params = vit_params.with_resolution(config, params, image_size=image_size,
+                                                patch_size=patch_size)
     overview.log_param_counts({"img": params}, name=f"ViT from {path}")
     return vit.Model(**config), params
 

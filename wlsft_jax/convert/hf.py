@@ -18,7 +18,7 @@ import safetensors.numpy
 from etils import epath
 
 from wlsft_jax.convert.keys import abstract_params, check_keys
-from wlsft_jax.models import overview, two_towers, vit
+from wlsft_jax.models import overview, two_towers, vit, vit_params
 
 HF_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_new": "gelu_tanh",
                   "gelu_pytorch_tanh": "gelu_tanh"}
@@ -291,8 +291,8 @@ def from_hf_clip(path: str, *, image_size: int | None = None, patch_size: int | 
     inputs = (jnp.zeros((1, image["image_size"], image["image_size"], image["channels"])),
               jnp.zeros((1, text["context_length"]), jnp.int32))
     params = load_checkpoint(path, model, inputs, clip_from_torch, clip_to_torch, CLIP_IGNORED)
-    image, params["img"] = vit.with_resolution(image, params["img"], image_size=image_size,
-                                               patch_size=patch_size)
+    image, params["img"] = vit_params.with_resolution(image, params["img"],
+                                                      image_size=image_size, patch_size=patch_size)
     model = model.clone(image=image)
     overview.log_param_counts(params, name=f"CLIP from {path}")
     return model, params
@@ -312,8 +312,8 @@ def from_hf_vit(path: str, *, image_size: int | None = None, patch_size: int | N
     model = vit.Model(**image)
     inputs = (jnp.zeros((1, image["image_size"], image["image_size"], image["channels"])),)
     params = load_checkpoint(path, model, inputs, vit_from_torch, vit_to_torch, VIT_IGNORED)
-    image, params = vit.with_resolution(image, params, image_size=image_size,
-                                        patch_size=patch_size)
+    image, params = vit_params.with_resolution(image, params, image_size=image_size,
+                                               patch_size=patch_size)
     overview.log_param_counts({"img": params}, name=f"ViT from {path}")
     return vit.Model(**image), params
 
