@@ -183,8 +183,8 @@ def lp_stage(*, lr: float = 1e-2, **overrides) -> ml_collections.ConfigDict:
 # validation split by launch/tune.py (the command, grid and scores: README "Which claims hold").
 # The single-method configs and configs/compare_clip.py train exactly these stages, so a
 # single-method run is compare_clip's seed 0.
-WORLD_CLIP_TUNED = {"lp": (1e-2, 150), "ft": (1e-3, 300), "lpft": (1e-4, 300),
-                    "flyp": (1e-4, 300)}
+WORLD_CLIP_TUNED = {"lp": (1e-2, 150), "ft": (1e-3, 300), "lpft": (1e-3, 300),
+                    "flyp": (1e-3, 300)}
 
 
 def world_clip_stage(name: str) -> ml_collections.ConfigDict:
