@@ -269,8 +269,8 @@ def test_a_checkpoint_fine_tuned_from_another_pretrained_model_is_refused(runs, 
     with pytest.raises(ValueError, match=r"1 checkpoint\(s\) were not fine-tuned from the "
                                          r"sweep's pretrained model 'orbax P'.*other \(started "
                                          r"from 'orbax other'.*--allow_other_pretrained"):
-        sweep.check_provenance(paths, checkpoint.tree_sha256(pretrained["img"]), "orbax P")
-    sweep.check_provenance(paths[:1], checkpoint.tree_sha256(pretrained["img"]), "orbax P")
+        checkpoint.check_provenance(paths, checkpoint.tree_sha256(pretrained["img"]), "orbax P")
+    checkpoint.check_provenance(paths[:1], checkpoint.tree_sha256(pretrained["img"]), "orbax P")
 
 
 def test_method_names_are_the_trailing_path_parts_that_differ(runs):

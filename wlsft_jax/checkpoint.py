@@ -20,6 +20,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policies
 
@@ -218,3 +219,30 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def check_provenance(paths, pretrained_img_sha256, pretrained_description) -> None:
+    """ValueError listing the orbax stage directories among `paths` whose recorded initial
+    image tower (`provenance`) is not the given pretrained one (a sweep mixes each with it);
+    checkpoints saved without provenance are logged, not refused."""
+    mismatches = []
+    for path in paths:
+        with Checkpointer(path) as manager:
+            step = manager.latest_step()
+            try:
+                recorded = (manager.metadata(step) if step is not None else None) or {}
+            except Exception:  # Saved before provenance was recorded.
+                recorded = {}
+        recorded_sha256 = recorded.get("init_img_sha256")
+        if recorded_sha256 is None:
+            logging.warning("%s records no initial image tower; it is mixed with %s unchecked.",
+                            path, pretrained_description)
+        elif pretrained_img_sha256 and recorded_sha256 != pretrained_img_sha256:
+            mismatches.append(f"{path} (started from {recorded.get('init')!r}, image tower "
+                              f"sha256 {recorded_sha256[:12]})")
+    if mismatches:
+        raise ValueError(
+            f"{len(mismatches)} checkpoint(s) were not fine-tuned from the sweep's pretrained "
+            f"model {pretrained_description!r} (image tower sha256 "
+            f"{pretrained_img_sha256[:12]}): {'; '.join(mismatches)}. Pass the model they "
+            "started from as --pretrained, or --allow_other_pretrained to mix them anyway.")

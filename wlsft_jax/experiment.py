@@ -98,7 +98,8 @@ def periodic_evaluation(config, context, model, evaluated, *, method, seed):
     name = methods.get(config[method].method).EVALUATOR
     evaluator = evals.get(name).Evaluator(context, model, eval_sets=tasks.periodic_eval_sets(
         context.task, config.eval.periodic_examples))
-    metrics = {tasks.VAL: report_metric(config, tasks.ID), tasks.OOD: report_metric(config, tasks.OOD)}
+    metrics = {tasks.VAL: report_metric(config, tasks.ID),
+               tasks.OOD: report_metric(config, tasks.OOD)}
 
     def evaluate(params):
         records = evaluator.run(evaluated(params), method=method, alpha=1.0, seed=seed)
