@@ -4,6 +4,7 @@ trained from scratch (DINO) scored as trained, and periodically while it trains.
 import os
 
 from wlsft_jax import records as records_lib, train
+from wlsft_jax.evals import zero_shot
 from helpers import REPO, run_main_in_process
 
 TINY = ["--config.data.image_size=16",
@@ -35,6 +36,16 @@ def test_every_stage_of_compare_clip_runs_through_the_one_runner(tmp_path, monke
     for (method, seed, alpha, dataset, metric), value in values.items():
         if alpha == 0.0:
             assert value == values["zeroshot", 0, 0.0, dataset, metric], (method, seed)
+
+    # A rerun of the finished run trains nothing and evaluates nothing: every (method, alpha,
+    # dataset, seed) cell is in the ledger (report/results.json), and the report is the same.
+    evaluated = []
+    monkeypatch.setattr(zero_shot.Evaluator, "run",
+                        lambda self, *args, **kwargs: evaluated.append(kwargs) or [])
+    run_main_in_process(["main", f"--config={os.path.join(REPO, 'configs', 'compare_clip.py')}",
+                         f"--workdir={workdir}", *TINY, *overrides], monkeypatch)
+    assert evaluated == []
+    assert records_lib.load_records(workdir / "report" / "results.json") == records
 
 
 def test_a_stage_trained_from_scratch_is_scored_as_trained_and_while_it_trains(tmp_path,

@@ -16,8 +16,8 @@ import jax
 from absl import logging
 from etils import epath
 
-from wlsft_jax import (checks, context as context_lib, evals, interpolate, methods, plots, report,
-                       testbed, train)
+from wlsft_jax import (checks, context as context_lib, evals, interpolate, ledger as ledger_lib,
+                       methods, plots, report, testbed, train)
 from wlsft_jax.data import tasks
 
 ZERO_SHOT = "zeroshot"
@@ -79,16 +79,26 @@ def stage_workdir(workdir, name, seed, config):
 
 
 def wise_ft_records(config, evaluator, theta0, theta1, *, method, seed,
-                    evaluated=lambda params: params) -> list[dict]:
+                    evaluated=lambda params: params, ledger=None) -> list[dict]:
     """The evaluator's records of `evaluated(interpolate(theta0, theta1, alpha))` for every
     alpha of eval.alphas. theta0 is the reference model in the stage's layout (e.g. a CLIP's
     image tower with its zero-shot head for a classifier stage). alpha is traced: the mix
-    compiles once."""
+    compiles once. With a `ledger`, an alpha whose cells it holds is not evaluated again."""
     mix = jax.jit(lambda alpha: evaluated(interpolate.interpolate(theta0, theta1, alpha)))
     records = []
     for alpha in config.eval.alphas:
-        records += evaluator.run(mix(alpha), method=method, alpha=alpha, seed=seed)
+        evaluate = lambda: evaluator.run(mix(alpha), method=method, alpha=alpha, seed=seed)
+        records += recorded(ledger, evaluator, evaluate, method=method, alpha=alpha, seed=seed)
     return records
+
+
+def recorded(ledger, evaluator, evaluate, *, method, alpha, seed) -> list[dict]:
+    """`evaluate()`'s records of (method, alpha, seed) on the evaluator's sets, or the ledger's
+    when it holds them all (`ledger.Ledger.cached`; no ledger: always evaluated)."""
+    if ledger is None:
+        return evaluate()
+    keys = [(method, float(alpha), s.name, seed) for s in evaluator.eval_sets]
+    return ledger.cached(keys, evaluate)
 
 
 def periodic_evaluation(config, context, model, evaluated, *, method, seed):
@@ -120,6 +130,8 @@ def run(config, *, workdir: epath.Path, mesh, writer, evaluate: bool = True) -> 
     """Trains every stage of `config` in `workdir`, then evaluates; returns report records
     (none with evaluate=False: the stages only train, with their periodic evaluation)."""
     context = context_lib.Context(config, workdir=workdir, mesh=mesh, writer=writer)
+    # Finished evaluations are kept as they finish: a rerun evaluates only what is missing.
+    ledger = ledger_lib.Ledger(workdir / "report")
     built = {}  # Stage name -> its built stage, the same for every seed.
     once = {}  # Outputs of the stages that run once.
     reference = context.initial_params
@@ -156,14 +168,19 @@ def run(config, *, workdir: epath.Path, mesh, writer, evaluate: bool = True) -> 
             elif not evaluate:
                 continue
             elif reference is None:
-                records += evaluator.run(stage.evaluated(outputs[name]), method=name,
-                                         alpha=1.0, seed=seed)
+                trained = outputs[name]
+                records += recorded(ledger, evaluator, lambda: evaluator.run(
+                    stage.evaluated(trained), method=name, alpha=1.0, seed=seed),
+                    method=name, alpha=1.0, seed=seed)
             else:
                 theta0 = start if params is reference else stage.start(reference, seed)
                 theta0 = jax.device_put(theta0, stage.spec.param_shardings(mesh))
                 records += wise_ft_records(config, evaluator, theta0, outputs[name],
-                                           method=name, seed=seed, evaluated=stage.evaluated)
+                                           method=name, seed=seed, evaluated=stage.evaluated,
+                                           ledger=ledger)
         if evaluate and seed == config.seed and reference is not None and "txt" in reference:
-            records += evals.get("zero_shot").Evaluator(context).run(
-                reference, method=ZERO_SHOT, alpha=0.0, seed=seed)
+            zero_shot = evals.get("zero_shot").Evaluator(context)
+            records += recorded(ledger, zero_shot, lambda: zero_shot.run(
+                reference, method=ZERO_SHOT, alpha=0.0, seed=seed),
+                method=ZERO_SHOT, alpha=0.0, seed=seed)
     return records

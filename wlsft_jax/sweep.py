@@ -37,7 +37,7 @@ from absl import logging
 from etils import epath
 
 from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
-                       interpolate, records as records_lib, sharding)
+                       interpolate, ledger as ledger_lib, sharding)
 from wlsft_jax.evals import zero_shot
 
 _GLOB_CHARACTERS = re.compile(r"[*?[]")
@@ -209,65 +209,23 @@ def select_datasets(data, names) -> tuple[str, ...]:
     return tuple(name for name in valid if name in names)
 
 
-def _cell_key(record: dict) -> tuple[str, float, str, int]:
-    return record["method"], record["alpha"], record["dataset"], record["seed"]
-
-
-class Ledger:
-    """`<out>/results.json`, the records of finished cells, `<out>/failures.json`, and
-    `<out>/checkpoints.json`, the name each checkpoint path got in this --out.
-
-    Each write replaces the file through a temporary one, so the file is always whole. Only
-    process 0 writes; every process reads, so all skip the same cells.
-    """
-
-    def __init__(self, out: epath.Path):
-        self.results_path, self.failures_path = out / "results.json", out / "failures.json"
-        self.names_path = out / "checkpoints.json"
-        self.records = (records_lib.load_records(self.results_path)
-                        if self.results_path.exists() else [])
-        self.failures = []
-        self._finished = {_cell_key(r) for r in self.records}
-
-    def stable_names(self, names: dict[str, str]) -> dict[str, str]:
-        """`names` ({path: method name}) with every stage directory named as an earlier run into
-        this --out named it: a rerun whose globs match more checkpoints neither renames nor
-        re-evaluates the finished ones. A new name that an earlier run gave another stage
-        directory is a ValueError."""
-        earlier = json.loads(self.names_path.read_text()) if self.names_path.exists() else {}
-        bases = {path: split_seed(path)[0] for path in names}
-        names = {path: earlier.get(bases[path], name) for path, name in names.items()}
-        owners = {name: base for base, name in earlier.items()}
-        clashes = {bases[path]: f"{name!r}, already {owners[name]}'s"
-                   for path, name in names.items() if owners.get(name, bases[path]) != bases[path]}
-        if clashes:
-            raise ValueError(f"Checkpoints would take names that {self.names_path} gives other "
-                             f"checkpoints: {clashes}; sweep them into another --out.")
-        self._write(self.names_path, {**earlier, **{bases[p]: n for p, n in names.items()}})
-        return names
-
-    def done(self, cell: Cell) -> bool:
-        return cell.key in self._finished
-
-    def add(self, records) -> None:
-        self.records = records_lib.merge_records(self.records, records)
-        self._finished.update(map(_cell_key, records))
-        self._write(self.results_path, self.records)
-
-    def fail(self, cell: Cell, error: Exception) -> None:
-        self.failures.append(dict(dataclasses.asdict(cell),
-                                  error=f"{type(error).__name__}: {error}"))
-        self.write_failures()
-
-    def write_failures(self) -> None:
-        self._write(self.failures_path, self.failures)
-
-    @staticmethod
-    def _write(path: epath.Path, value) -> None:
-        if jax.process_index() == 0:
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text(json.dumps(value, indent=1))
-            temporary.replace(path)
+def stable_names(out: epath.Path, names: dict[str, str]) -> dict[str, str]:
+    """`names` ({path: method name}) with every stage directory named as an earlier run into
+    `out` named it (`<out>/checkpoints.json`): a rerun whose globs match more checkpoints
+    neither renames nor re-evaluates the finished ones. A new name that an earlier run gave
+    another stage directory is a ValueError."""
+    names_path = out / "checkpoints.json"
+    earlier = json.loads(names_path.read_text()) if names_path.exists() else {}
+    bases = {path: split_seed(path)[0] for path in names}
+    names = {path: earlier.get(bases[path], name) for path, name in names.items()}
+    owners = {name: base for base, name in earlier.items()}
+    clashes = {bases[path]: f"{name!r}, already {owners[name]}'s"
+               for path, name in names.items() if owners.get(name, bases[path]) != bases[path]}
+    if clashes:
+        raise ValueError(f"Checkpoints would take names that {names_path} gives other "
+                         f"checkpoints: {clashes}; sweep them into another --out.")
+    ledger_lib.write_json(names_path, {**earlier, **{bases[p]: n for p, n in names.items()}})
+    return names
 
 
 def run(sweep: Sweep, *, out, mesh) -> Outcome:
@@ -276,10 +234,10 @@ def run(sweep: Sweep, *, out, mesh) -> Outcome:
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out / "config.json").write_text(sweep.config.to_json_best_effort(indent=2))
-    ledger = Ledger(out)
-    sweep = dataclasses.replace(sweep, methods=ledger.stable_names(sweep.methods))
+    ledger = ledger_lib.Ledger(out)
+    sweep = dataclasses.replace(sweep, methods=stable_names(out, sweep.methods))
     cells = sweep.cells()
-    pending = [cell for cell in cells if not ledger.done(cell)]
+    pending = [cell for cell in cells if not ledger.done(cell.key)]
     logging.info("Sweep of %d cells (%d checkpoints x %d alphas x %d datasets): %d finished "
                  "earlier, %d to evaluate.", len(cells), len(sweep.methods), len(sweep.alphas),
                  len(sweep.datasets), len(cells) - len(pending), len(pending))
@@ -290,11 +248,12 @@ def run(sweep: Sweep, *, out, mesh) -> Outcome:
     for failure in ledger.failures:
         logging.error("Failed: %s alpha=%g on %s: %s", failure["method"], failure["alpha"],
                       failure["dataset"], failure["error"])
-    return Outcome(evaluated=[cell for cell in pending if ledger.done(cell)],
+    return Outcome(evaluated=[cell for cell in pending if ledger.done(cell.key)],
                    failures=ledger.failures)
 
 
-def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -> None:
+def _evaluate(sweep: Sweep, pending: list[Cell], ledger: ledger_lib.Ledger, *, out,
+              mesh) -> None:
     """Evaluates `pending`, recording each cell's records or its failure.
 
     Each checkpoint is read once; its mix with the pretrained CLIP at a traced alpha compiles
@@ -342,7 +301,7 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
             logging.exception("Checkpoint %s failed to load; its %d cell(s) fail.", path,
                               len(group))
             for _, cell in group:
-                ledger.fail(cell, error)
+                ledger.fail(dataclasses.asdict(cell), error)
             continue
         mixed_alpha, params = None, None
         for number, cell in group:
@@ -356,7 +315,7 @@ def _evaluate(sweep: Sweep, pending: list[Cell], ledger: Ledger, *, out, mesh) -
             except Exception as error:  # One broken cell must not stop the others.
                 logging.exception("Cell %d/%d (%s alpha=%g on %s) failed.", number,
                                   len(pending), cell.method, cell.alpha, cell.dataset)
-                ledger.fail(cell, error)
+                ledger.fail(dataclasses.asdict(cell), error)
                 continue
             ledger.add(records)
             logging.info("Cell %d/%d: %s alpha=%g on %s: %s.", number, len(pending),
