@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from wlsft_jax import train, tune
+from wlsft_jax import recipes, train, tune
 from helpers import REPO, load
 
 COMPARE = os.path.join(REPO, "configs", "compare_clip.py")
@@ -30,6 +30,13 @@ def test_parse_grid_reads_values_as_literals():
 def test_parse_grid_names_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
         tune.parse_grid([spec], load(COMPARE))
+
+
+def test_a_stage_without_an_evaluator_cannot_be_tuned():
+    """A stand-in (method `supervised`) has no validation score to choose by."""
+    config = recipes.base(stages=("stand_in",), stand_in=recipes.stage("supervised", steps=10))
+    with pytest.raises(ValueError, match="has no evaluator to score it on the validation split"):
+        tune.parse_grid(["stand_in.steps=10,20"], config)
 
 
 def test_a_point_trains_its_stage_after_the_chosen_points_of_the_stages_it_starts_from():

@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from wlsft_jax import checks, experiment, train, workdir as workdir_lib
+from wlsft_jax import checks, experiment, methods, train, workdir as workdir_lib
 from wlsft_jax.data import tasks
 
 RESULT = "tuning.json"
@@ -39,6 +39,10 @@ def parse_grid(specs, config) -> dict[str, dict[str, list]]:
             raise ValueError(f"--grid={spec!r}: expected <stage>.<key>=<value>,<value>,... "
                              "(e.g. ft.optim.lr=1e-5,3e-5).")
         checks.choice(stage, tuple(config.stages), f"stage in --grid={spec!r}")
+        if not methods.get(config[stage].method).EVALUATOR:
+            raise ValueError(f"--grid={spec!r}: stage {stage!r} (method "
+                             f"{config[stage].method!r}) has no evaluator to score it on the "
+                             "validation split; tune the stages after it.")
         _get(config[stage], rest, where=f"config.{stage}")
         grid.setdefault(stage, {})[rest] = [_literal(v) for v in values.split(",")]
     return grid
