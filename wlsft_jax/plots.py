@@ -50,10 +50,12 @@ def plot_id_vs_ood(
             ax.errorbar(ids, oods, fmt="none", ecolor=drawn.get_color(), elinewidth=0.8,
                         xerr=[np.std(row.columns[id_dataset], ddof=STD_DDOF) for row in curve],
                         yerr=[np.std(row.columns[AVG_OOD], ddof=STD_DDOF) for row in curve])
-        for row, x, y in zip(curve, ids, oods):  # Every alpha marked along its curve.
-            ax.annotate(f"α={row.alpha:g}" if row.alpha in (0.0, 1.0) else f"{row.alpha:g}",
-                        (x, y), textcoords="offset points", xytext=(4, 5), fontsize=7,
-                        color=drawn.get_color())
+        # Every alpha is a marker along its curve; the tuned end and the middle are named
+        # (alpha 0, the pretrained model, is shared by every curve).
+        for row, x, y in zip(curve, ids, oods):
+            if row.alpha in (0.5, 1.0) and len(curve) > 1:
+                ax.annotate(f"α={row.alpha:g}", (x, y), textcoords="offset points",
+                            xytext=(5, -3), fontsize=7, color=drawn.get_color())
     ticks = [p for p in _ROUND_FRACTIONS if limits[0] <= p <= limits[1]]
     for axis in (ax.xaxis, ax.yaxis):
         if len(ticks) >= 3:  # else the logit scale's own locator finds finer ticks
@@ -107,7 +109,7 @@ def plot_metric_vs_alpha(
                 stds = np.array([np.std(row.columns[column], ddof=STD_DDOF) for row in curve])
                 ax.fill_between(alphas, means - stds, means + stds, color=drawn.get_color(),
                                 alpha=0.15, lw=0)
-        for dataset in ood_datasets:
+        for dataset in ood_datasets if len(curve) > 1 else ():  # A lone point has no curve.
             values = [row.mean(dataset) for row in curve]
             ax.plot(alphas, values, "-", lw=0.7, alpha=0.5, color=drawn.get_color())
             ax.annotate(dataset, (alphas[-1], values[-1]), xytext=(3, 0),
