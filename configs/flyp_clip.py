@@ -17,9 +17,11 @@ recipes.REAL_TASKS; :iwildcam and :fmow follow FLYP's WILDS recipe (20 epochs, b
 lr 1e-5, weight decay 0.2). The report tabulates iWildCam by macro-F1 (ID and OOD) and FMoW by
 top-1 ID and worst-region accuracy OOD; average OOD is over data.ood_domains exactly.
 
-Expected on the embedded world, from the shipped world_clip (2-core CPU, 2.7 minutes): FLYP
-77.6 % ID (photo) / 62.9 % average OOD, zero-shot 64.0 / 62.1, WiSE-FT alpha 0.5 73.5 / 67.2
-(BENCHMARKS.md, "Main job on the embedded default"; 3 seeds in README's claims table).
+Expected on the embedded world, from the shipped world_clip (2-core CPU, 3.3 minutes; the
+stage of recipes.WORLD_CLIP_TUNED, lr and steps chosen on photo's validation split, so this is
+configs/compare_clip.py's seed 0): FLYP 85.5 % ID (photo) / 45.2 % average OOD, zero-shot
+64.0 / 62.1, WiSE-FT alpha 0.5 79.9 / 57.1, best OOD at alpha 0.2: 75.3 / 65.9 (BENCHMARKS.md,
+"Main job on the embedded default"; 3 seeds in README's claims table).
 ImageNet (FLYP paper, CLIP ViT-B/16): about 82.6 ID / 60.2 average OOD over
 V2, R, A, Sketch, ObjectNet. iWildCam: FLYP's abstract reports 2.3 points ID and 2.7 OOD above
 the top of the WILDS leaderboard; for its iWildCam and FMoW numbers see the FLYP paper's results

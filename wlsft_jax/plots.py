@@ -41,8 +41,13 @@ def plot_id_vs_ood(
         ax.plot(grid, clip(baseline.line.predict(grid)), "--", color="black",
                 label="baseline: trained on ID only")
         ax.plot(*clip(np.array(points)).T, "x", color="black", ms=5)
-    for method in sorted({row.method for row in rows}):
-        curve = sorted((row for row in rows if row.method == method), key=lambda row: row.alpha)
+    curves = {method: sorted((row for row in rows if row.method == method),
+                             key=lambda row: row.alpha)
+              for method in sorted({row.method for row in rows})}
+    # Every alpha is a marker; with more than two curves only 0.5 and 1 are named (alpha 0, the
+    # pretrained model, is every curve's start), else every alpha is.
+    named = (0.5, 1.0) if sum(len(curve) > 1 for curve in curves.values()) > 2 else None
+    for method, curve in curves.items():
         ids = clip([row.mean(id_dataset) for row in curve])
         oods = clip([row.mean(AVG_OOD) for row in curve])
         (drawn,) = ax.plot(ids, oods, "o-", label=method)
@@ -50,12 +55,11 @@ def plot_id_vs_ood(
             ax.errorbar(ids, oods, fmt="none", ecolor=drawn.get_color(), elinewidth=0.8,
                         xerr=[np.std(row.columns[id_dataset], ddof=STD_DDOF) for row in curve],
                         yerr=[np.std(row.columns[AVG_OOD], ddof=STD_DDOF) for row in curve])
-        # Every alpha is a marker along its curve; the tuned end and the middle are named
-        # (alpha 0, the pretrained model, is shared by every curve).
         for row, x, y in zip(curve, ids, oods):
-            if row.alpha in (0.5, 1.0) and len(curve) > 1:
-                ax.annotate(f"α={row.alpha:g}", (x, y), textcoords="offset points",
-                            xytext=(5, -3), fontsize=7, color=drawn.get_color())
+            if len(curve) > 1 and (named is None or row.alpha in named):
+                label = f"α={row.alpha:g}" if row.alpha in (0.0, 0.5, 1.0) else f"{row.alpha:g}"
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -3),
+                            fontsize=7, color=drawn.get_color())
     ticks = [p for p in _ROUND_FRACTIONS if limits[0] <= p <= limits[1]]
     for axis in (ax.xaxis, ax.yaxis):
         if len(ticks) >= 3:  # else the logit scale's own locator finds finer ticks
@@ -109,12 +113,16 @@ def plot_metric_vs_alpha(
                 stds = np.array([np.std(row.columns[column], ddof=STD_DDOF) for row in curve])
                 ax.fill_between(alphas, means - stds, means + stds, color=drawn.get_color(),
                                 alpha=0.15, lw=0)
+        ends = []
         for dataset in ood_datasets if len(curve) > 1 else ():  # A lone point has no curve.
             values = [row.mean(dataset) for row in curve]
             ax.plot(alphas, values, "-", lw=0.7, alpha=0.5, color=drawn.get_color())
-            ax.annotate(dataset, (alphas[-1], values[-1]), xytext=(3, 0),
-                        textcoords="offset points", fontsize=7, va="center",
-                        color=drawn.get_color())
+            ends.append((values[-1], dataset))
+        shown = -np.inf
+        for value, dataset in sorted(ends):  # Names at the right end, a line apart at least.
+            shown = max(value, shown + 0.015)
+            ax.annotate(dataset, (alphas[-1], shown), xytext=(3, 0), textcoords="offset points",
+                        fontsize=7, va="center", color=drawn.get_color())
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("alpha (0: pretrained, 1: tuned)")
     ax.set_ylabel(metric_label(metrics))
