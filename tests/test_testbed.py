@@ -83,3 +83,14 @@ def test_the_world_testbed_config_trains_classifiers_from_scratch_and_fits(tmp_p
                             capture_output=True, text=True, cwd=REPO)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     assert sorted(p["model"] for p in json.loads(out.read_text())["points"]) == sorted(budgets)
+
+
+def test_a_misspelled_testbed_fails_before_anything_trains(tmp_path):
+    """main stops at once, naming the shipped testbeds, instead of after training."""
+    done = subprocess.run([sys.executable, "-m", "wlsft_jax.main",
+                           f"--config={os.path.join(REPO, 'configs', 'flyp_clip.py')}",
+                           f"--workdir={tmp_path / 'w'}", "--config.eval.baseline=wrld"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert "Unknown testbed 'wrld'" in done.stderr and "shipped: ['world']" in done.stderr
+    assert not (tmp_path / "w").exists()

@@ -56,10 +56,12 @@ def write_report(config, records, directory, *, id_dataset, ood_datasets, writer
 
 
 def check_names(config) -> None:
-    """Unknown domains / datasets, and report metrics that a dataset does not record, are errors
-    that list the valid ones (before anything is compiled or read)."""
+    """Unknown domains / datasets / testbeds, and report metrics that a dataset does not record,
+    are errors that list the valid ones (before anything is compiled or read)."""
     data = config.data
     tasks.check_names(data)
+    if config.eval.get("baseline"):  # An unknown testbed fails now, not after training.
+        testbed.load(config.eval.baseline)
     if data.id_domain in data.ood_domains:
         raise ValueError(f"data.id_domain {data.id_domain!r} is also listed in data.ood_domains; "
                          "an OOD set must differ from the ID set.")
