@@ -9,8 +9,8 @@ holds the models' seed-mean points, the line and the command that made them:
    "slope": ..., "intercept": ..., "command": ...}
 
 `config.eval.baseline` names one; a report is measured against it when the report's ID dataset,
-OOD datasets and metrics are the testbed's (else effective robustness reads "n/a" and the
-a warning says why). The embedded world's testbed ("world") is rebuilt by
+OOD datasets and metrics are the testbed's (else effective robustness reads "n/a" and a
+warning says why). The embedded world's testbed ("world") is rebuilt by
 
   python -m wlsft_jax.main --config=configs/testbed_world.py
   python launch/fit_testbed.py --results=workdir/testbed_world/report/results.json \
