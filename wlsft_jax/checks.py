@@ -42,6 +42,17 @@ STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", 
 REPORT_KINDS = (tasks.ID, tasks.OOD)
 
 
+def missing_key(node, dotted: str, where: str = "config"):
+    """(the first part of the dotted key path that `node` lacks, the section it was looked up
+    in, that section's keys), or None when the whole path exists."""
+    for key in dotted.split("."):
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        if key not in valid:
+            return key, where, valid
+        node, where = node[key], f"{where}.{key}"
+    return None
+
+
 def known_keys(keys, allowed, where) -> None:
     """ValueError naming the keys not in `allowed`, and the allowed ones."""
     unknown = sorted(set(keys) - set(allowed))

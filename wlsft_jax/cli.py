@@ -95,19 +95,17 @@ def config_override_problem(argv) -> str | None:
     path, missing_file = config_path(argv), config_file_problem(argv)
     if path is None or missing_file:
         return missing_file
+    from wlsft_jax import checks  # Only on this error path: it imports the whole package.
+
     spec = importlib.util.spec_from_file_location("_config_file", path[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(path[1]) if path[1] else module.get_config()
     for override in argv:
         match = re.fullmatch(r"--config\.([\w.]+)=.*", override)
-        node, where = config, "config"
-        for key in (match.group(1).split(".") if match else ()):
-            if not hasattr(node, "keys"):
-                break
-            if key not in node:
-                kind = "section" if where == "config" else "key"
-                return (f"{override}: unknown config {kind} {key!r} in {where}; valid: "
-                        f"{sorted(node.keys())}.")
-            node, where = node[key], f"{where}.{key}"
+        missing = match and checks.missing_key(config, match.group(1))
+        if missing and missing[2]:  # A key below a leaf value is ml_collections' to report.
+            key, where, valid = missing
+            kind = "section" if where == "config" else "key"
+            return f"{override}: unknown config {kind} {key!r} in {where}; valid: {valid}."
     return None

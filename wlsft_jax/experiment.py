@@ -103,13 +103,22 @@ def recorded(ledger, evaluator, evaluate, *, method, alpha, seed) -> list[dict]:
     return ledger.cached(keys, evaluate)
 
 
-def periodic_evaluation(config, context, model, evaluated, *, method, seed):
-    """params -> {"<kind>/<dataset>": the report's metric} of a stage while it trains, on the
-    ID validation set ("val/photo") and the OOD sets cut to eval.periodic_examples each
-    ("ood/sketch"), through the stage's evaluator; never on the ID test set."""
-    name = methods.get(config[method].method).EVALUATOR
-    evaluator = evals.get(name).Evaluator(context, model, eval_sets=tasks.periodic_eval_sets(
-        context.task, config.eval.periodic_examples))
+def evaluators(config, context, method, model):
+    """(the evaluator of a stage of `method`, and its evaluator while it trains: on the ID
+    validation set and the OOD sets cut to eval.periodic_examples each, never on the ID test
+    set), built once per stage so that their jitted functions compile once; (None, None) for
+    a method that is not scored."""
+    if not method.EVALUATOR:
+        return None, None
+    evaluator = evals.get(method.EVALUATOR).Evaluator
+    periodic_sets = tasks.periodic_eval_sets(context.task, config.eval.periodic_examples)
+    return (evaluator(context, model),
+            evaluator(context, model, eval_sets=periodic_sets))
+
+
+def periodic_evaluation(config, evaluator, evaluated, *, method, seed):
+    """params -> {"<kind>/<dataset>": the report's metric} of a stage while it trains, through
+    its periodic evaluator (`evaluators`): "val/photo", "ood/sketch", ..."""
     metrics = {tasks.VAL: report_metric(config, tasks.ID),
                tasks.OOD: report_metric(config, tasks.OOD)}
 
@@ -133,8 +142,8 @@ def run(config, *, workdir: epath.Path, mesh, writer, evaluate: bool = True) -> 
     (none with evaluate=False: the stages only train, with their periodic evaluation)."""
     context = context_lib.Context(config, workdir=workdir, mesh=mesh, writer=writer)
     # Finished evaluations are kept as they finish: a rerun evaluates only what is missing.
-    ledger = ledger_lib.Ledger(workdir / "report")
-    built = {}  # Stage name -> its built stage, the same for every seed.
+    ledger = ledger_lib.Ledger(workdir / "report") if evaluate else None
+    built = {}  # Stage name -> its built stage and evaluators, the same for every seed.
     once = {}  # Outputs of the stages that run once.
     reference = context.initial_params
     records = []
@@ -150,20 +159,18 @@ def run(config, *, workdir: epath.Path, mesh, writer, evaluate: bool = True) -> 
             initial = source in (None, checks.INITIAL_WEIGHTS)
             params = context.initial_params if initial else outputs[source]
             if name not in built:
-                built[name] = method.build(context, name, stage_config)
-            stage = built[name]
+                stage = method.build(context, name, stage_config)
+                built[name] = stage, *evaluators(config, context, method, stage.spec.model)
+            stage, evaluator, periodic_evaluator = built[name]
             stage_seed = config.seed if method.RUNS_ONCE else seed
             logging.info("Stage %s (seed %d): %s for %d steps.", name, stage_seed,
                          stage_config.method, stage_config.steps)
             start = stage.start(params, stage_seed)
-            evaluator = method.EVALUATOR and evals.get(method.EVALUATOR).Evaluator(
-                context, stage.spec.model)
             outputs[name] = train.run(
                 name=name, stage_config=stage_config, spec=stage.spec, init_params=start,
                 mesh=mesh, workdir=stage_workdir(workdir, name, stage_seed, config),
                 seed=stage_seed, writer=writer, periodic_eval=evaluator and periodic_evaluation(
-                    config, context, stage.spec.model, stage.evaluated, method=name,
-                    seed=stage_seed),
+                    config, periodic_evaluator, stage.evaluated, method=name, seed=stage_seed),
                 init_source=init_description(config) if initial else f"stage {source}")
             if method.RUNS_ONCE:
                 once[name] = reference = outputs[name]

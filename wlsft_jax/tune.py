@@ -18,9 +18,9 @@ import itertools
 import json
 import os
 
-import ml_collections
 from absl import logging
 from etils import epath
+from ml_collections.config_flags import config_path
 
 from wlsft_jax import checks, experiment, methods, train, workdir as workdir_lib
 from wlsft_jax.data import tasks
@@ -43,7 +43,10 @@ def parse_grid(specs, config) -> dict[str, dict[str, list]]:
             raise ValueError(f"--grid={spec!r}: stage {stage!r} (method "
                              f"{config[stage].method!r}) has no evaluator to score it on the "
                              "validation split; tune the stages after it.")
-        _get(config[stage], rest, where=f"config.{stage}")
+        missing = checks.missing_key(config[stage], rest, where=f"config.{stage}")
+        if missing:
+            key, where, valid = missing
+            raise ValueError(f"Unknown config key {key!r} in {where}; valid keys: {valid}.")
         grid.setdefault(stage, {})[rest] = [_literal(v) for v in values.split(",")]
     return grid
 
@@ -54,22 +57,6 @@ def _literal(text: str):
         return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
         return text.strip()
-
-
-def _get(section, dotted: str, *, where: str):
-    for part in dotted.split("."):
-        if not isinstance(section, ml_collections.ConfigDict) or part not in section:
-            valid = sorted(section.keys()) if isinstance(section, ml_collections.ConfigDict) else []
-            raise ValueError(f"Unknown config key {part!r} in {where}; valid keys: {valid}.")
-        section, where = section[part], f"{where}.{part}"
-    return section
-
-
-def _set(section, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        section = section[part]
-    section[last] = value
 
 
 def point_name(point: dict) -> str:
@@ -98,9 +85,9 @@ def point_config(config, stage: str, point: dict, chosen: dict[str, dict]):
                 del tuned[name]
         tuned.stages = tuple(chain)
         tuned.num_seeds = 1
-        for name in chain:
+        for name in chain:  # Set as the command-line override --config.<name>.<key> would.
             for key, value in (point if name == stage else chosen.get(name, {})).items():
-                _set(tuned[name], key, value)
+                config_path.set_value(f"{name}.{key}", tuned, value)
         tuned[stage].eval_every = tuned[stage].get("eval_every") or tuned[stage].steps
     return tuned
 

@@ -252,23 +252,22 @@ def _world_task(data, seed: int) -> Task:
 def _real_task(data) -> Task:
     options = {} if data.label_space is None else {"label_space": data.label_space}
 
-    def read(name, role, limit, held_out=None):
+    def read(name, role):
         splits = dataset_splits(name)
-        source, info = sources.get_source(splits.source or name, split=getattr(splits, role),
-                                          data_dir=data.data_dir, **dict(splits.options),
-                                          **options)
-        if held_out is not None:
-            source = HeldOut(source, VAL_EVERY, held_out=held_out)
-        return (source if limit is None else EvenlySpaced(source, limit)), info
+        return sources.get_source(splits.source or name, split=getattr(splits, role),
+                                  data_dir=data.data_dir, **dict(splits.options), **options)
 
-    train, train_info = read(data.id_domain, "train", data.train_examples_per_domain,
-                             held_out=False)
-    val, _ = read(data.id_domain, "train", data.eval_examples_per_domain, held_out=True)
+    def capped(source, limit):
+        return source if limit is None else EvenlySpaced(source, limit)
+
+    id_train, train_info = read(data.id_domain, "train")  # Read once, split in two.
+    train = capped(HeldOut(id_train, VAL_EVERY, held_out=False), data.train_examples_per_domain)
+    val = capped(HeldOut(id_train, VAL_EVERY, held_out=True), data.eval_examples_per_domain)
     class_names = train_info.class_names
     eval_sets = []
     for name, kind in [(data.id_domain, ID), *[(d, OOD) for d in data.ood_domains]]:
-        source, info = read(name, "id_eval" if kind == ID else "ood_eval",
-                            data.eval_examples_per_domain)
+        source, info = read(name, "id_eval" if kind == ID else "ood_eval")
+        source = capped(source, data.eval_examples_per_domain)
         transform = logits_transform(info)
         _check_classes(name, info, transform, class_names)
         metrics = dataset_splits(name).metrics
