@@ -34,7 +34,7 @@ import numpy as np
 
 from interleaved_timing import interleaved_medians
 from wlsft_jax import objectives, optim, train
-from wlsft_jax.models import two_towers, vit
+from wlsft_jax.models import blocks, two_towers, vit
 
 # Image tower name -> the text tower of the CLIP of that size (OpenAI / OpenCLIP): B/16 and
 # B/32 have width 512, 8 heads, 12 blocks (our "M"), L/14 768 wide (our "B"), H/14 our "L".
@@ -126,7 +126,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scan", action="store_true", help="nn.scan over each tower's blocks")
-    parser.add_argument("--remat", default="none", choices=list(vit.REMAT_POLICIES),
+    parser.add_argument("--remat", default="none", choices=list(blocks.REMAT_POLICIES),
                         help="rematerialisation policy of every block")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="matmul dtype (params, norms and softmax stay float32)")

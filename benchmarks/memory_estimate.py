@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from wlsft_jax import context, objectives, optim, train
 from wlsft_jax.data import imagenet_classes
-from wlsft_jax.models import vit
+from wlsft_jax.models import blocks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -86,7 +86,7 @@ def main():
     parser.add_argument("--probe_batches", type=int, nargs=2, default=(32, 64),
                         help="two per-chip batches compiled on CPU to fit activations")
     parser.add_argument("--scan", action="store_true", help="nn.scan over each tower's blocks")
-    parser.add_argument("--remat", default="none", choices=list(vit.REMAT_POLICIES),
+    parser.add_argument("--remat", default="none", choices=list(blocks.REMAT_POLICIES),
                         help="rematerialisation policy of every block")
     args = parser.parse_args()
     config = flyp_imagenet_config()

@@ -5,7 +5,8 @@ adapters, so that interpolating the adapter weights (`alpha * tuned + (1 - alpha
 sweeps from the pretrained encoder to the tuned one. Every adapter starts as the exact identity:
 an adapted encoder at init gives bitwise the pretrained outputs.
 
-An adapter is chosen by a config dict on `vit.Model(adapter=...)`:
+Each adapter is an encoder block that wraps `blocks.EncoderBlock` (a subclass adding to its
+attention or its output), chosen by a config dict on `vit.Model(adapter=...)`:
 
     dict(name="token_replay", blocks=(8, 12), num_tokens=4)
     dict(name="film")                       # every block
@@ -33,6 +34,8 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from wlsft_jax.models import blocks
 
 # Adapter name -> its settings and their defaults (besides `name` and `blocks`).
 ADAPTERS = {
@@ -78,6 +81,14 @@ def block_settings(adapter: Mapping | None, depth: int) -> list[dict | None]:
         raise ValueError(f"Adapter blocks={blocks!r} is not a (start, stop) range of block "
                          f"indices with 0 <= start < stop <= depth={depth}.")
     return [settings if start <= i < stop else None for i in range(depth)]
+
+
+def block_types(adapter: Mapping | None, depth: int) -> list[tuple | None]:
+    """Per block of a `depth`-block encoder: (its adapter's block class, that adapter's
+    settings), or None for a plain block (`blocks.encoder_blocks`'s `block_types`)."""
+    return [None if settings is None else
+            (BLOCKS[settings["name"]], {k: v for k, v in settings.items() if k != "name"})
+            for settings in block_settings(adapter, depth)]
 
 
 class FiLM(nn.Module):
@@ -144,6 +155,42 @@ class LoRA(nn.Module):
             deltas[role] = self.scale * jnp.einsum("dr,rhk->dhk", down, up)
         return jnp.stack([deltas["query"], jnp.zeros_like(deltas["query"]), deltas["value"]],
                          axis=1)
+
+
+class FiLMBlock(blocks.EncoderBlock):
+    """The block, then FiLM of its output tokens."""
+
+    @nn.compact
+    def __call__(self, x):
+        return FiLM(name="film")(super().__call__(x))
+
+
+class TokenReplayBlock(blocks.EncoderBlock):
+    """The block, its attention output plus the gated attention to replayed tokens."""
+    num_tokens: int = 4
+
+    def attention(self, y, ln1):
+        attn = self.make_attention(blocks.Attention)
+        attended = attn(y)
+        return attended + TokenReplay(self.num_tokens, self.dtype_mm, name="replay")(
+            y, ln1, nn.unbox(attn.variables["params"]))
+
+
+class LoRABlock(blocks.EncoderBlock):
+    """The block, its attention reading qkv/kernel + the LoRA delta."""
+    rank: int = 4
+    scale: float = 1.0
+
+    def attention(self, y, ln1):
+        del ln1
+        width = y.shape[-1]
+        delta = LoRA(self.rank, self.scale, name="lora")(
+            (width, 3, self.num_heads, width // self.num_heads))
+        return self.make_attention(with_lora(blocks.Attention, delta))(y)
+
+
+# Adapter name -> the block that wraps the plain one with it.
+BLOCKS = {"film": FiLMBlock, "token_replay": TokenReplayBlock, "lora": LoRABlock}
 
 
 def with_lora(attention_class, delta):

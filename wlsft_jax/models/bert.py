@@ -10,11 +10,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wlsft_jax.models import text, vit
+from wlsft_jax.models import blocks, text, vit
 
 
 class MaskedAttention(nn.Module):
-    """Self-attention over the positions where `mask` is True (vit.Attention's param layout)."""
+    """Self-attention over the positions where `mask` is True (blocks.Attention's param layout)."""
     num_heads: int
     dtype_mm: str = "float32"
 
@@ -23,15 +23,15 @@ class MaskedAttention(nn.Module):
         width = x.shape[-1]
         qkv = nn.DenseGeneral(
             (3, self.num_heads, width // self.num_heads), dtype=self.dtype_mm, name="qkv",
-            kernel_init=vit.partitioned(nn.initializers.xavier_uniform(), "embed", None, "heads",
+            kernel_init=blocks.partitioned(nn.initializers.xavier_uniform(), "embed", None, "heads",
                                         "kv"),
-            bias_init=vit.partitioned(nn.initializers.zeros, None, "heads", "kv"))(x)
+            bias_init=blocks.partitioned(nn.initializers.zeros, None, "heads", "kv"))(x)
         attended = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
                                                 mask=mask[:, None, None, :])
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype_mm, name="out",
-            kernel_init=vit.partitioned(nn.initializers.xavier_uniform(), "heads", "kv", "embed"),
-            bias_init=vit.partitioned(nn.initializers.zeros, "embed"))(attended)
+            kernel_init=blocks.partitioned(nn.initializers.xavier_uniform(), "heads", "kv", "embed"),
+            bias_init=blocks.partitioned(nn.initializers.zeros, "embed"))(attended)
 
 
 class PostNormBlock(nn.Module):
@@ -45,9 +45,9 @@ class PostNormBlock(nn.Module):
     @nn.compact
     def __call__(self, x, mask):
         x = x + MaskedAttention(self.num_heads, self.dtype_mm, name="attn")(x, mask)
-        x = vit.layer_norm(self.layer_norm_eps, "ln1")(x)
-        x = x + vit.MlpBlock(self.mlp_dim, self.act, self.dtype_mm, name="mlp")(x)
-        return vit.layer_norm(self.layer_norm_eps, "ln2")(x)
+        x = blocks.layer_norm(self.layer_norm_eps, "ln1")(x)
+        x = x + blocks.MlpBlock(self.mlp_dim, self.act, self.dtype_mm, name="mlp")(x)
+        return blocks.layer_norm(self.layer_norm_eps, "ln2")(x)
 
 
 class Model(nn.Module):
@@ -85,15 +85,15 @@ class Model(nn.Module):
         out = {}
 
         x = nn.Embed(self.vocab_size, width, name="token_embedding",
-                     embedding_init=vit.partitioned(nn.initializers.normal(0.02), "vocab",
+                     embedding_init=blocks.partitioned(nn.initializers.normal(0.02), "vocab",
                                                     "embed"))(tokens)
-        posemb = self.param("pos_embedding", vit.partitioned(nn.initializers.normal(0.02), None,
+        posemb = self.param("pos_embedding", blocks.partitioned(nn.initializers.normal(0.02), None,
                                                              None, "embed"),
                             (1, self.context_length, width))
-        type_embedding = self.param("type_embedding", vit.partitioned(
+        type_embedding = self.param("type_embedding", blocks.partitioned(
             nn.initializers.normal(0.02), None, "embed"), (self.type_vocab_size, width))
         x = x + posemb[:, :tokens.shape[1]] + type_embedding[0]
-        x = out["stem"] = vit.layer_norm(self.layer_norm_eps, "embedding_norm")(x)
+        x = out["stem"] = blocks.layer_norm(self.layer_norm_eps, "embedding_norm")(x)
 
         for i in range(sizes["depth"]):
             x = out[f"block{i}"] = PostNormBlock(
@@ -105,7 +105,7 @@ class Model(nn.Module):
         x = out["pooled"] = (jnp.sum(x.astype(jnp.float32) * weights, axis=1)
                              / jnp.maximum(jnp.sum(weights, axis=1), 1e-9))
         if self.proj_dim:
-            x = vit.dense(self.proj_dim, ("embed", "joint"), self.dtype_mm, "proj",
+            x = blocks.dense(self.proj_dim, ("embed", "joint"), self.dtype_mm, "proj",
                           use_bias=False, kernel_init=nn.initializers.normal(width**-0.5))(x)
         features = out["pre_logits"] = x.astype(jnp.float32)
         return features, out

@@ -7,7 +7,7 @@ embeddings) has exactly the head's form — which is what WiSE-FT interpolates a
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wlsft_jax.models import vit
+from wlsft_jax.models import blocks, vit
 
 
 class Model(nn.Module):
@@ -19,5 +19,5 @@ class Model(nn.Module):
     def __call__(self, images):
         features, out = vit.Model(**self.img, name="img")(images)
         features = features / jnp.linalg.norm(features, axis=-1, keepdims=True)
-        logits = vit.dense(self.num_classes, ("joint", "classes"), "float32", "head")(features)
+        logits = blocks.dense(self.num_classes, ("joint", "classes"), "float32", "head")(features)
         return logits, out

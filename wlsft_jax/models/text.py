@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wlsft_jax.models import vit
+from wlsft_jax.models import blocks, vit
 
 
 def check_tokens(tokens, vocab_size: int) -> None:
@@ -28,7 +28,7 @@ def check_inputs(module: nn.Module, tokens) -> dict:
     Shared by the CLIP text tower and the BERT encoder (both have `act`, `context_length`,
     `vocab_size` and `sizes()`).
     """
-    vit.check_choice("act", module.act, vit.ACTIVATIONS)
+    blocks.check_choice("act", module.act, blocks.ACTIVATIONS)
     if tokens.ndim != 2 or tokens.shape[1] > module.context_length:
         raise ValueError(f"Expected tokens [batch, length <= {module.context_length}], got shape "
                          f"{tuple(tokens.shape)}.")
@@ -43,7 +43,7 @@ class Model(nn.Module):
     Pools at the first position where token == `eot_id`, or at the argmax of the ids when
     `eot_id` is None (CLIP's end-of-text id is the largest). `out` holds "stem" (token + position
     embeddings), "block{i}", "encoded" (final-norm tokens), "pooled" and "pre_logits" (= features).
-    `scan` and `remat_policy` are the memory levers of `vit.Model` (see `vit.encoder_blocks`).
+    `scan` and `remat_policy` are the memory levers of `vit.Model` (see `blocks.encoder_blocks`).
     """
     vocab_size: int
     variant: str | None = "mu"
@@ -72,19 +72,19 @@ class Model(nn.Module):
         out = {}
 
         x = nn.Embed(self.vocab_size, width, name="token_embedding",
-                     embedding_init=vit.partitioned(nn.initializers.normal(0.02), "vocab",
+                     embedding_init=blocks.partitioned(nn.initializers.normal(0.02), "vocab",
                                                     "embed"))(tokens)
-        posemb = self.param("pos_embedding", vit.partitioned(nn.initializers.normal(0.01), None,
+        posemb = self.param("pos_embedding", blocks.partitioned(nn.initializers.normal(0.01), None,
                                                              None, "embed"),
                             (1, self.context_length, width))
         x = out["stem"] = x + posemb[:, :tokens.shape[1]]
 
-        x = vit.encoder_blocks(x, out, depth=sizes["depth"], scan=self.scan,
+        x = blocks.encoder_blocks(x, out, depth=sizes["depth"], scan=self.scan,
                                remat_policy=self.remat_policy, num_heads=sizes["num_heads"],
                                mlp_dim=sizes["mlp_dim"], act=self.act,
                                layer_norm_eps=self.layer_norm_eps, causal=True,
                                dtype_mm=self.dtype_mm)
-        x = out["encoded"] = vit.layer_norm(self.layer_norm_eps, "encoder_norm")(x)
+        x = out["encoded"] = blocks.layer_norm(self.layer_norm_eps, "encoder_norm")(x)
 
         if self.eot_id is None:
             eot_position = jnp.argmax(tokens, axis=1)
@@ -93,7 +93,7 @@ class Model(nn.Module):
         x = out["pooled"] = jnp.take_along_axis(x, eot_position[:, None, None], axis=1)[:, 0]
 
         if self.proj_dim:
-            x = vit.dense(self.proj_dim, ("embed", "joint"), self.dtype_mm, "proj",
+            x = blocks.dense(self.proj_dim, ("embed", "joint"), self.dtype_mm, "proj",
                           use_bias=False, kernel_init=nn.initializers.normal(width**-0.5))(x)
         features = out["pre_logits"] = x.astype(jnp.float32)
         return features, out

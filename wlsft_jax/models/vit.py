@@ -11,11 +11,11 @@ Params carry logical axis names ("embed", "mlp", "heads", "kv", "joint", "classe
 
 Two memory levers, both off by default (the param layout of checkpoints and converters):
 `remat_policy` recomputes a block's activations in the backward pass instead of keeping them
-(REMAT_POLICIES), and `scan=True` runs the blocks as one `nn.scan`, whose params are stacked
+(`blocks.REMAT_POLICIES`), and `scan=True` runs the blocks as one `nn.scan`, whose params are stacked
 along a leading "layers" axis under `encoderblock/` (one compiled block instead of `depth`).
 `vit_params.stack_layers` / `unstack_layers` convert params between the two layouts.
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 import math
 
 from absl import logging
@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from wlsft_jax.models import adapters
+from wlsft_jax.models.blocks import (ACTIVATIONS, Attention, MlpBlock, check_choice, dense,
+                                     encoder_blocks, layer_norm, partitioned)
 
 # name -> (width, depth, mlp_dim, num_heads); "mu" is the tiny tower for the embedded 32-px world.
 VARIANTS = {
@@ -38,22 +40,8 @@ VARIANTS = {
     "g": (1408, 40, 6144, 16),
     "G": (1664, 48, 8192, 16),
 }
-ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),  # PyTorch / HF "gelu" (erf).
-    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # flax / big_vision default.
-    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),  # OpenAI CLIP.
-}
 POOLS = ("cls", "mean", "map")
 RESIZE_METHODS = ("bilinear", "bicubic")
-# remat_policy -> what the backward pass keeps of each block (None: no rematerialisation).
-REMAT_POLICIES = {
-    "none": None,  # Every activation: fastest, most memory.
-    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # Outputs of the
-    # weight matmuls (qkv, out, fc1, fc2); attention, norms and activations are recomputed.
-    "full": jax.checkpoint_policies.nothing_saveable,  # Only the block's input; all recomputed.
-}
-STACKED_BLOCKS = "encoderblock"  # Param name of the scanned blocks (as in big_vision).
-
 
 def parse_variant(variant: str, *, with_patch: bool = True) -> dict:
     """"B/16" -> dict(width, depth, mlp_dim, num_heads, patch_size); "B" when `with_patch=False`."""
@@ -84,12 +72,6 @@ def resolve_size(module: nn.Module, variant: str | None, *, with_patch: bool = T
     return sizes
 
 
-def check_choice(name: str, value, choices) -> None:
-    """Raises ValueError naming the field and its valid choices when `value` is not one."""
-    if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; choose one of {list(choices)}.")
-
-
 def resample_posemb(posemb, grid: tuple[int, int], method: str = "bilinear"):
     """Resizes a [1, h*w, D] position embedding of a square h x w grid to `grid` (logged)."""
     check_choice("position-embedding resize method", method, RESIZE_METHODS)
@@ -104,161 +86,6 @@ def resample_posemb(posemb, grid: tuple[int, int], method: str = "bilinear"):
     table = jnp.reshape(posemb, (old_side, old_side, posemb.shape[-1]))
     table = jax.image.resize(table, (*grid, posemb.shape[-1]), method=method)
     return jnp.reshape(table, (1, grid[0] * grid[1], posemb.shape[-1])).astype(posemb.dtype)
-
-
-def partitioned(init, *names):
-    """`init` whose params carry the logical axis `names`."""
-    return nn.with_logical_partitioning(init, names)
-
-
-def layer_norm(epsilon: float, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=epsilon, name=name,
-                        scale_init=partitioned(nn.initializers.ones, "embed"),
-                        bias_init=partitioned(nn.initializers.zeros, "embed"))
-
-
-def dense(features: int, axes: tuple, dtype, name: str, use_bias: bool = True,
-          kernel_init=nn.initializers.xavier_uniform()) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name,
-                    kernel_init=partitioned(kernel_init, *axes),
-                    bias_init=partitioned(nn.initializers.normal(1e-6), axes[-1]))
-
-
-def dot_product_attention(query, key, value, *, causal: bool):
-    """softmax(q k^T / sqrt(head_dim)) v over [B, L, heads, head_dim] inputs.
-
-    Written out rather than `jax.nn.dot_product_attention`, whose XLA path differentiates a
-    hand-made exp/sum softmax: `jax.nn.softmax`'s own derivative and the scale folded into the
-    queries make the training step ~4 % faster on CPU (benchmarks/train_step.py). Logits and
-    softmax are float32 whatever the matmul dtype.
-    """
-    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
-    logits = jnp.einsum("bqnh,bknh->bnqk", query, key, preferred_element_type=jnp.float32)
-    if causal:
-        visible = jnp.tril(jnp.ones(logits.shape[-2:], bool))  # Query i sees keys 0..i.
-        logits = jnp.where(visible, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    return jnp.einsum("bnqk,bknh->bqnh", probs, value)
-
-
-class Attention(nn.Module):
-    """Multi-head dot-product attention with one fused qkv projection.
-
-    Params: `qkv/kernel` [D, 3, heads, head_dim], `qkv/bias` [3, heads, head_dim], `out/kernel`
-    [heads, head_dim, D], `out/bias` [D]. Called with `inputs_kv`, queries come from `inputs_q`
-    and keys/values from `inputs_kv` through the same weights (used by the MAP head).
-    """
-    num_heads: int
-    causal: bool = False
-    dtype_mm: str = "float32"
-
-    @nn.compact
-    def __call__(self, inputs_q, inputs_kv=None):
-        width = inputs_q.shape[-1]
-        head_dim = width // self.num_heads
-        qkv_proj = nn.DenseGeneral(
-            (3, self.num_heads, head_dim), dtype=self.dtype_mm, name="qkv",
-            kernel_init=partitioned(nn.initializers.xavier_uniform(), "embed", None, "heads", "kv"),
-            bias_init=partitioned(nn.initializers.zeros, None, "heads", "kv"))
-        qkv = qkv_proj(inputs_q)  # [B, L, 3, heads, head_dim]
-        query = qkv[:, :, 0]
-        if inputs_kv is not None:
-            qkv = qkv_proj(inputs_kv)
-        key, value = qkv[:, :, 1], qkv[:, :, 2]
-        attended = dot_product_attention(query, key, value, causal=self.causal)
-        return nn.DenseGeneral(
-            width, axis=(-2, -1), dtype=self.dtype_mm, name="out",
-            kernel_init=partitioned(nn.initializers.xavier_uniform(), "heads", "kv", "embed"),
-            bias_init=partitioned(nn.initializers.zeros, "embed"))(attended)
-
-
-class MlpBlock(nn.Module):
-    """Dense -> activation -> Dense (`fc1`, `fc2`)."""
-    mlp_dim: int
-    act: str = "gelu"
-    dtype_mm: str = "float32"
-
-    @nn.compact
-    def __call__(self, x):
-        y = dense(self.mlp_dim, ("embed", "mlp"), self.dtype_mm, "fc1")(x)
-        y = ACTIVATIONS[self.act](y)
-        return dense(x.shape[-1], ("mlp", "embed"), self.dtype_mm, "fc2")(y)
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)).
-
-    `adapter` (one block's settings from `adapters.block_settings`, or None) adds a FiLM, Token
-    Replay or LoRA adapter under its own param name; each is the identity at init.
-    """
-    num_heads: int
-    mlp_dim: int
-    act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    causal: bool = False
-    dtype_mm: str = "float32"
-    adapter: Mapping | None = None
-
-    @nn.compact
-    def __call__(self, x):
-        kind = self.adapter["name"] if self.adapter else None
-        ln1 = layer_norm(self.layer_norm_eps, "ln1")
-        y = ln1(x)
-        attention_class = Attention
-        if kind == "lora":
-            delta = adapters.LoRA(self.adapter["rank"], self.adapter["scale"], name="lora")(
-                (x.shape[-1], 3, self.num_heads, x.shape[-1] // self.num_heads))
-            attention_class = adapters.with_lora(Attention, delta)
-        attn = attention_class(self.num_heads, self.causal, self.dtype_mm, name="attn")
-        attended = attn(y)
-        if kind == "token_replay":
-            attended = attended + adapters.TokenReplay(
-                self.adapter["num_tokens"], self.dtype_mm, name="replay")(
-                    y, ln1, nn.unbox(attn.variables["params"]))
-        x = x + attended
-        y = layer_norm(self.layer_norm_eps, "ln2")(x)
-        x = x + MlpBlock(self.mlp_dim, self.act, self.dtype_mm, name="mlp")(y)
-        if kind == "film":
-            x = adapters.FiLM(name="film")(x)
-        return x
-
-
-class ScannedBlock(EncoderBlock):
-    """An `EncoderBlock` as an `nn.scan` body: (tokens, None) -> (tokens, tokens)."""
-
-    def __call__(self, x, _):
-        x = super().__call__(x)
-        return x, x
-
-
-def encoder_blocks(x, out: dict, *, depth: int, scan: bool, remat_policy: str,
-                   block_adapters: Sequence | None = None, **block_fields):
-    """Runs `depth` pre-norm blocks on tokens `x`, looped or scanned, with `remat_policy`.
-
-    Call it inside a compact module: the blocks become its `encoderblock_{i}` children, or one
-    `encoderblock` child with stacked params when `scan`. Records each block's output in
-    `out["block{i}"]`. `block_fields` are the EncoderBlock fields besides `adapter`, which
-    `block_adapters` gives per block (scanned blocks are identical, so they take none).
-    """
-    check_choice("remat_policy", remat_policy, REMAT_POLICIES)
-    policy = REMAT_POLICIES[remat_policy]
-    block_adapters = block_adapters or [None] * depth
-    if scan:
-        if any(block_adapters):
-            raise ValueError("scan=True runs identical blocks and cannot hold adapters; set "
-                             "scan=False to use an adapter (remat_policy works with both).")
-        body = ScannedBlock if policy is None else nn.remat(ScannedBlock, policy=policy,
-                                                             prevent_cse=False)
-        stack = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
-                        length=depth, metadata_params={nn.PARTITION_NAME: "layers"})
-        x, per_block = stack(**block_fields, name=STACKED_BLOCKS)(x, None)
-        out.update({f"block{i}": per_block[i] for i in range(depth)})
-        return x
-    block = EncoderBlock if policy is None else nn.remat(EncoderBlock, policy=policy)
-    for i in range(depth):
-        x = out[f"block{i}"] = block(**block_fields, adapter=block_adapters[i],
-                                     name=f"encoderblock_{i}")(x)
-    return x
 
 
 class MAPHead(nn.Module):
@@ -295,7 +122,7 @@ class Model(nn.Module):
     while params, norms, softmax and the residual stream stay float32. `adapter` adds FiLM, Token
     Replay or LoRA adapters to a range of blocks, e.g. dict(name="film", blocks=(8, 12)) (see
     `adapters`); with adapters, `out["embedded"]` holds the tokens entering block 0.
-    `remat_policy` (one of REMAT_POLICIES) trades compute for activation memory in training;
+    `remat_policy` (one of `blocks.REMAT_POLICIES`) trades compute for activation memory in training;
     `scan=True` stacks the blocks' params under `encoderblock/` (see `vit_params.stack_layers`)
     and cannot be combined with `adapter`.
     """
@@ -350,7 +177,7 @@ class Model(nn.Module):
             raise ValueError("pool='cls' needs class_token=True; or choose pool from "
                              f"{[p for p in POOLS if p != 'cls']}.")
         sizes = self.sizes()
-        block_adapters = adapters.block_settings(self.adapter, sizes["depth"])
+        block_types = adapters.block_types(self.adapter, sizes["depth"])
         width, patch = sizes["width"], sizes["patch_size"]
         grid = self.check_images(images)
         out = {}
@@ -377,7 +204,7 @@ class Model(nn.Module):
             out["embedded"] = x
 
         x = encoder_blocks(x, out, depth=sizes["depth"], scan=self.scan,
-                           remat_policy=self.remat_policy, block_adapters=block_adapters,
+                           remat_policy=self.remat_policy, block_types=block_types,
                            num_heads=sizes["num_heads"], mlp_dim=sizes["mlp_dim"], act=self.act,
                            layer_norm_eps=self.layer_norm_eps, dtype_mm=self.dtype_mm)
         x = out["encoded"] = layer_norm(self.layer_norm_eps, "encoder_norm")(x)

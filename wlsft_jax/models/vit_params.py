@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wlsft_jax.models import vit
+from wlsft_jax.models import blocks, vit
 
 BLOCK_NAME = re.compile(r"encoderblock_(\d+)")
 
@@ -66,23 +66,23 @@ def stack_layers(params: Mapping) -> dict:
     if not isinstance(params, Mapping):
         return params
     params = {name: stack_layers(value) for name, value in params.items()}
-    blocks = sorted((name for name in params if BLOCK_NAME.fullmatch(name)),
+    looped = sorted((name for name in params if BLOCK_NAME.fullmatch(name)),
                     key=lambda name: int(BLOCK_NAME.fullmatch(name)[1]))
-    if not blocks:
+    if not looped:
         return params
-    if vit.STACKED_BLOCKS in params:
-        raise ValueError(f"Params hold both {blocks} and a stacked {vit.STACKED_BLOCKS!r}; give "
+    if blocks.STACKED_BLOCKS in params:
+        raise ValueError(f"Params hold both {looped} and a stacked {blocks.STACKED_BLOCKS!r}; give "
                          "params of one layout.")
-    if blocks != [f"encoderblock_{i}" for i in range(len(blocks))]:
-        raise ValueError(f"Blocks {blocks} are not encoderblock_0 ... encoderblock_"
-                         f"{len(blocks) - 1}; only a complete run of blocks can be stacked.")
-    structures = {jax.tree.structure(params[name]) for name in blocks}
+    if looped != [f"encoderblock_{i}" for i in range(len(looped))]:
+        raise ValueError(f"Blocks {looped} are not encoderblock_0 ... encoderblock_"
+                         f"{len(looped) - 1}; only a complete run of blocks can be stacked.")
+    structures = {jax.tree.structure(params[name]) for name in looped}
     if len(structures) > 1:
         raise ValueError("Blocks differ in their params (adapters on some blocks?); only "
                          "identical blocks can be stacked for scan=True.")
-    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(params[name] for name in blocks))
-    rest = {name: value for name, value in params.items() if name not in blocks}
-    return {**rest, vit.STACKED_BLOCKS: stacked}
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(params[name] for name in looped))
+    rest = {name: value for name, value in params.items() if name not in looped}
+    return {**rest, blocks.STACKED_BLOCKS: stacked}
 
 
 def unstack_layers(params: Mapping) -> dict:
@@ -94,9 +94,9 @@ def unstack_layers(params: Mapping) -> dict:
     if not isinstance(params, Mapping):
         return params
     params = {name: unstack_layers(value) for name, value in params.items()}
-    if vit.STACKED_BLOCKS not in params:
+    if blocks.STACKED_BLOCKS not in params:
         return params
-    stacked = params.pop(vit.STACKED_BLOCKS)
+    stacked = params.pop(blocks.STACKED_BLOCKS)
     depth = jax.tree.leaves(stacked)[0].shape[0]
     params.update({f"encoderblock_{i}": jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
                    for i in range(depth)})
