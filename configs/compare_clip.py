@@ -14,9 +14,9 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    recipes.parse_arg(arg, ("world",))
+    args = recipes.parse_arg(arg, data=("world",))
     stages = ("lp", "ft", "lpft", "flyp")
     config = recipes.from_world_clip(
         stages=stages, **{name: recipes.world_clip_stage(name) for name in stages})
     config.num_seeds = 3
-    return config
+    return recipes.with_evals(config, args.evals)

@@ -31,10 +31,12 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
-    if arg != "world":
-        return recipes.real_clip(
-            arg, stages=("flyp",),
-            flyp=recipes.real_stage("flyp", arg, templates=recipes.REAL_TASKS[arg]["templates"],
-                                    optim=dict(lr=1e-5)))
-    return recipes.from_world_clip(stages=("flyp",), flyp=recipes.world_clip_stage("flyp"))
+    args = recipes.parse_arg(arg, data=("world", *recipes.REAL_TASKS))
+    if args.data != "world":
+        config = recipes.real_clip(
+            args.data, stages=("flyp",), flyp=recipes.real_stage(
+                "flyp", args.data, templates=recipes.REAL_TASKS[args.data]["templates"],
+                optim=dict(lr=1e-5)))
+    else:
+        config = recipes.from_world_clip(stages=("flyp",), flyp=recipes.world_clip_stage("flyp"))
+    return recipes.with_evals(config, args.evals)

@@ -21,9 +21,10 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
-    if arg != "world":
-        return recipes.real_clip(
-            arg, stages=("ft",),
-            ft=recipes.real_stage("ft", arg, optim=dict(lr=3e-5, grad_clip_norm=1.0)))
-    return recipes.from_world_clip(stages=("ft",), ft=recipes.world_clip_stage("ft"))
+    args = recipes.parse_arg(arg, data=("world", *recipes.REAL_TASKS))
+    if args.data != "world":
+        config = recipes.real_clip(args.data, stages=("ft",), ft=recipes.real_stage(
+            "ft", args.data, optim=dict(lr=3e-5, grad_clip_norm=1.0)))
+    else:
+        config = recipes.from_world_clip(stages=("ft",), ft=recipes.world_clip_stage("ft"))
+    return recipes.with_evals(config, args.evals)

@@ -16,8 +16,9 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
-    if arg != "world":
-        lp = recipes.lp_stage(batch_size=recipes.REAL_TASKS[arg]["batch_size"])
-        return recipes.real_clip(arg, stages=("lp",), lp=lp)
-    return recipes.from_world_clip(stages=("lp",), lp=recipes.world_clip_stage("lp"))
+    args = recipes.parse_arg(arg, data=("world", *recipes.REAL_TASKS))
+    if args.data != "world":
+        config = recipes.real_clip(args.data, stages=("lp",), lp=recipes.lp_stage())
+    else:
+        config = recipes.from_world_clip(stages=("lp",), lp=recipes.world_clip_stage("lp"))
+    return recipes.with_evals(config, args.evals)

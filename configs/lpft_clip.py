@@ -18,10 +18,12 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", *recipes.REAL_TASKS))
-    if arg != "world":
-        lp = recipes.lp_stage(batch_size=recipes.REAL_TASKS[arg]["batch_size"])
-        return recipes.real_clip(arg, stages=("lp", "lpft"), lp=lp,
-                                 lpft=recipes.real_stage("ft", arg, optim=dict(lr=1e-5)))
-    return recipes.from_world_clip(stages=("lp", "lpft"), lp=recipes.world_clip_stage("lp"),
-                                   lpft=recipes.world_clip_stage("lpft"))
+    args = recipes.parse_arg(arg, data=("world", *recipes.REAL_TASKS))
+    if args.data != "world":
+        config = recipes.real_clip(
+            args.data, stages=("lp", "lpft"), lp=recipes.lp_stage(),
+            lpft=recipes.real_stage("ft", args.data, optim=dict(lr=1e-5)))
+    else:
+        config = recipes.from_world_clip(stages=("lp", "lpft"), lp=recipes.world_clip_stage("lp"),
+                                         lpft=recipes.world_clip_stage("lpft"))
+    return recipes.with_evals(config, args.evals)

@@ -15,11 +15,12 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    arg = recipes.parse_arg(arg, ("world", "long"))
-    if arg == "world":
-        return recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage())
-    config = recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage(
-        steps=2_000, batch_size=256, eval_every=500, checkpoint_every=250,
-        optim=dict(lr=1e-3, wd=0.1, warmup_steps=200)))
-    config.data.pretrain_domain_weights = (4, 1, 1, 1, 1)
-    return config
+    args = recipes.parse_arg(arg, length=("world", "long"))
+    if args.length == "world":
+        config = recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage())
+    else:
+        config = recipes.base(stages=("pretrain",), pretrain=recipes.pretrain_stage(
+            steps=2_000, batch_size=256, eval_every=500, checkpoint_every=250,
+            optim=dict(lr=1e-3, wd=0.1, warmup_steps=200)))
+        config.data.pretrain_domain_weights = (4, 1, 1, 1, 1)
+    return recipes.with_evals(config, args.evals)

@@ -30,6 +30,6 @@ from wlsft_jax import recipes
 
 
 def get_config(arg=None):
-    recipes.parse_arg(arg, ("world",))
-    return recipes.dino_base(stages=("dino",), dino=recipes.dino_stage(
-        steps=2_500, eval_every=500, checkpoint_every=250))
+    args = recipes.parse_arg(arg, data=("world",))
+    return recipes.with_evals(recipes.dino_base(stages=("dino",), dino=recipes.dino_stage(
+        steps=2_500, eval_every=500, checkpoint_every=250)), args.evals)

@@ -18,11 +18,11 @@ BUDGETS = (250, 500, 1_000, 2_000)  # Steps at batch size 128: a spread of ID ac
 
 
 def get_config(arg=None):
-    recipes.parse_arg(arg, ("world",))
+    args = recipes.parse_arg(arg, data=("world",))
     stages = {f"scratch_{steps}": recipes.stage(
         "ft", input=recipes.INITIAL_WEIGHTS, steps=steps,
         optim=dict(lr=1e-3, wd=0.1, warmup_steps=steps // 10)) for steps in BUDGETS}
     config = recipes.base(stages=tuple(stages), **stages)
     config.data.pretrain_domains = ()  # Nothing is pretrained: photo only.
     config.eval.baseline = None  # This run makes the testbed.
-    return config
+    return recipes.with_evals(config, args.evals)

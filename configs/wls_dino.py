@@ -60,23 +60,23 @@ def wls_stage(adapter, **overrides):
 
 
 def get_config(arg=None):
-    args = recipes.parse_named_args(arg, adapter=tuple(ADAPTERS), data=DATA)
-    if args["data"] == "world":
+    args = recipes.parse_arg(arg, adapter=tuple(ADAPTERS), data=DATA)
+    if args.data == "world":
         config = recipes.wls_base(stages=("wls",), wls=wls_stage(
-            args["adapter"], steps=250, optim=dict(lr=2e-3)))
+            args.adapter, steps=250, optim=dict(lr=2e-3)))
         config.init = recipes.pretrained_init("world_dino")
         del config.model["img"]  # world_dino's architecture.
         config.data.train_examples_per_domain = 5_000
         config.data.eval_examples_per_domain = 500
-        return config
+        return recipes.with_evals(config, args.evals)
     config = recipes.wls_base(stages=("wls",), wls=wls_stage(
-        args["adapter"], steps=800, batch_size=256))  # About 10 epochs of 20K pairs.
+        args.adapter, steps=800, batch_size=256))  # About 10 epochs of 20K pairs.
     config.init.format = "hf_vit"
     config.data = recipes.real_data("imagenet", mean=(0.485, 0.456, 0.406),
                                     std=(0.229, 0.224, 0.225))  # DINO's normalisation.
-    config.data.captions = args["data"]
+    config.data.captions = args.data
     config.data.captions_path = ml_collections.config_dict.placeholder(str)
     config.data.caption_pairs = ml_collections.config_dict.placeholder(int)  # None: 20K / 10K.
     config.model.dtype = "bfloat16"
     del config.model["img"]  # The checkpoint's architecture.
-    return config
+    return recipes.with_evals(config, args.evals)

@@ -121,7 +121,8 @@ def test_a_non_scratch_init_needs_a_path():
 def test_the_first_stage_needs_weights_unless_it_may_train_from_scratch(method):
     """FLYP and LP fine-tune a pretrained model; ft from scratch is a testbed model
     (configs/testbed_world.py), so it passes."""
-    config = recipes.base(stages=(method,), **{method: recipes.stage(method, steps=100)})
+    stage = recipes.lp_stage() if method == "lp" else recipes.stage(method, steps=100)
+    config = recipes.base(stages=(method,), **{method: stage})
     with pytest.raises(ValueError, match="add a 'pretrain' stage first"):
         checks.check_config(config)
     checks.check_config(recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=100)))

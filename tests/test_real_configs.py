@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from wlsft_jax import checks, context as context_lib, experiment, methods, recipes, sharding
+from wlsft_jax import (checks, context as context_lib, evals, experiment, methods, recipes,
+                       sharding)
 from wlsft_jax.data import pipeline, tasks, templates, transforms, wilds
 from wlsft_jax.evals import zero_shot
 from helpers import (NUM_MOCK_EXAMPLES, REPO, SUBSET_IDS, load, mocked_tfds, png_bytes,
@@ -106,7 +107,8 @@ def built_context(config, *, task, models, tokenizer=None, mesh=None):
 
 @pytest.mark.parametrize("name,task_name", REAL_CONFIGS, ids=lambda x: x)
 def test_real_config_checks_and_trains_on_its_task(name, task_name, data_dir, hf_clip_dir):
-    """check_config passes; each stage's method gives a train batch and a finite loss."""
+    """check_config passes; each stage's method that trains by the loop gives a train batch
+    and a finite loss."""
     config = real_config(name, task_name, data_dir, hf_clip_dir)
     checks.check_config(config)
     experiment.check_names(config)
@@ -116,6 +118,8 @@ def test_real_config_checks_and_trains_on_its_task(name, task_name, data_dir, hf
     context = built_context(config, task=task, models=models, tokenizer=tokenizer)
     for stage in config.stages:
         stage_config = config[stage]
+        if not getattr(methods.get(stage_config.method), "TRAINING_LOOP", True):
+            continue  # `lp`'s probe: fitted on features, no training batch.
         method = methods.get(stage_config.method).build(context, stage, stage_config).spec
         batch = next(iter(pipeline.train_loader(
             method.train_source, global_batch_size=BATCH, operations=method.train_operations,
@@ -218,33 +222,36 @@ def test_ood_sets_outside_the_id_label_space_are_errors(data_dir):
 
 def test_a_report_metric_that_a_dataset_does_not_record_is_an_error():
     config = load(os.path.join(REPO, "configs", "ft_clip.py:imagenet"),
-                  "--config.eval.report_metrics.ood=macro_f1")
-    with pytest.raises(ValueError, match=r"eval.report_metrics.ood='macro_f1' is not recorded for "
-                                         r"'imagenet_v2'; its metrics: \['top1', 'top5'\]"):
+                  "--config.evals.zero_shot.report_metrics.ood=macro_f1")
+    with pytest.raises(ValueError, match=r"evals.zero_shot reports 'macro_f1' for the ood datasets, "
+                                         r"which it does not record for 'imagenet_v2'; its "
+                                         r"metrics there: \['top1', 'top5'\]"):
         experiment.check_names(config)
     config = load(os.path.join(REPO, "configs", "ft_clip.py:fmow"),
-                  "--config.eval.report_metrics.id=macro_f1")
-    with pytest.raises(ValueError, match=r"'fmow/id'; its metrics: \['top1', 'top5', "
+                  "--config.evals.zero_shot.report_metrics.id=macro_f1")
+    with pytest.raises(ValueError, match=r"'fmow/id'; its metrics there: \['top1', 'top5', "
                                          r"'worst_region_top1'\]"):
         experiment.check_names(config)
 
 
 def test_report_metrics_name_one_metric_for_id_and_one_for_ood():
     config = load(os.path.join(REPO, "configs", "ft_clip.py:fmow"), "--config.init.path=/clip")
+    metrics = config.evals.zero_shot.report_metrics
     with config.unlocked():
-        config.eval.report_metrics.test = "top1"
-    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['test'\] in "
-                                         r"config.eval.report_metrics; valid keys: \['id', 'ood'\]"):
+        metrics.test = "top1"
+    with pytest.raises(ValueError, match=r"evals.zero_shot.report_metrics=.* must name a metric "
+                                         r"for each of \['id', 'ood'\]"):
         checks.check_config(config)
     with config.unlocked():
-        del config.eval.report_metrics["test"], config.eval.report_metrics["ood"]
-    with pytest.raises(ValueError, match=r"report_metrics lacks \['ood'\]"):
+        del metrics["test"], metrics["ood"]
+    with pytest.raises(ValueError, match=r"must name a metric for each of \['id', 'ood'\]"):
         checks.check_config(config)
     config = load(os.path.join(REPO, "configs", "wls_dino.py"))
     with config.unlocked():
-        config.eval.report_metrics = dict(id="top1", ood="top1")
-    with pytest.raises(ValueError, match="eval.report_metrics applies to the zero_shot "
-                                         "evaluator; this config's last stage is scored by 'knn'"):
+        config.evals.knn.report_metrics = dict(id="top1", ood="top1")
+    with pytest.raises(ValueError, match=r"Unknown config key\(s\) \['report_metrics'\] in "
+                                         r"config.evals.knn; valid keys: \['ks', 'report_k', "
+                                         r"'representation', 'type'\]"):
         checks.check_config(config)
 
 
@@ -312,8 +319,8 @@ def test_wilds_tasks_record_and_report_their_official_metrics(task_name, id_metr
     eval pipeline) make the report that the task names: iWildCam by macro-F1, FMoW by top-1 ID
     and worst-region accuracy OOD, as main writes it."""
     config, task, _, models, _, classifier_params = built(task_name, data_dir, hf_clip_dir)
-    assert experiment.report_metric(config, "id") == id_metric
-    assert experiment.report_metric(config, "ood") == ood_metric
+    assert evals.report_metric(config, "id") == id_metric
+    assert evals.report_metric(config, "ood") == ood_metric
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
     eval_config = ml_collections.ConfigDict(dict(eval=dict(batch_size=BATCH)))
     with jax.set_mesh(mesh):

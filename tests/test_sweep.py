@@ -109,7 +109,8 @@ def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
                   f"--config.init.path={runs / 'pretrain'}", "--config.init.name=")
     mesh = sharding.make_mesh(**config.mesh)
     context = context_lib.Context(config, workdir=tmp_path, mesh=mesh)
-    evaluator = zero_shot.Evaluator(context, eval_sets=context.task.eval_sets[:2])  # photo, sketch
+    evaluators = {"zero_shot": zero_shot.Evaluator(  # On photo and sketch.
+        context, eval_sets=context.task.eval_sets[:2])}
     targets = sweep._restore_targets(config, context.models, context.tokenizer, mesh)
     records = []
     with jax.set_mesh(mesh):
@@ -118,7 +119,7 @@ def test_cells_match_the_main_runs_wise_ft_sweep(runs, clean_sweep, tmp_path):
         for name, theta0 in (("flyp", pretrained),
                              ("ft", zero_shot.as_classifier(pretrained, context.head_fn))):
             fine_tuned = sweep.load_checkpoint(str(runs / name), config, targets)
-            records += experiment.wise_ft_records(config, evaluator, theta0, fine_tuned,
+            records += experiment.wise_ft_records(config, evaluators, theta0, fine_tuned,
                                                   method=name, seed=config.seed)
     assert values_of(records) == values_of(clean_sweep[1])
 

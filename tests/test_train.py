@@ -136,8 +136,9 @@ def test_gradient_accumulation_over_4_micro_batches_equals_one_batch(ft_baseline
     assert_trees_equal(params, ft_baseline["params"], atol=1e-5)
 
 
-def test_linear_probe_leaves_frozen_params_bitwise_and_without_optimizer_state(tmp_path):
-    config = tiny_config("lp", optim=dict(lr=1e-2, wd=0.0, schedule=LP_SCHEDULE))
+def test_a_head_only_schedule_leaves_frozen_params_bitwise_and_without_optimizer_state(
+        tmp_path):
+    config = tiny_config("ft", optim=dict(lr=1e-2, wd=0.0, schedule=LP_SCHEDULE))
     init_params, params, _ = train_run(config, tmp_path)
     init_params, params = flat(init_params), flat(params)
     for path in params:

@@ -42,22 +42,23 @@ def test_a_stage_without_an_evaluator_cannot_be_tuned():
 def test_a_point_trains_its_stage_after_the_chosen_points_of_the_stages_it_starts_from():
     config = load(COMPARE)
     tuned = tune.point_config(config, "lpft", {"optim.lr": 1e-5},
-                              chosen={"lp": {"optim.lr": 0.03}, "ft": {"optim.lr": 1.0}})
+                              chosen={"lp": {"max_iter": 7}, "ft": {"optim.lr": 1.0}})
     assert tuned.stages == ("lp", "lpft") and tuned.num_seeds == 1
     assert "ft" not in tuned and "flyp" not in tuned
-    assert (tuned.lp.optim.lr, tuned.lpft.optim.lr) == (0.03, 1e-5)
+    assert (tuned.lp.max_iter, tuned.lpft.optim.lr) == (7, 1e-5)
     assert tuned.lpft.eval_every == config.lpft.eval_every  # Its last step is always scored.
     assert config.lpft.optim.lr != 1e-5 and config.num_seeds == 3  # The config is untouched.
 
 
 @pytest.mark.slow
 def test_tuning_chooses_each_stage_on_validation_and_a_rerun_trains_nothing(tmp_path):
-    """Two LP learning rates and one LP-FT point on a tiny world: the chosen LP is the one
-    with the better validation score, LP-FT started from it, and a rerun only reads."""
+    """Two LP fits (1 and 100 L-BFGS steps) and one LP-FT point on a tiny world: the chosen LP
+    is the one with the better validation score, LP-FT started from it, and a rerun only
+    reads."""
     workdir = tmp_path / "tune"
     command = [sys.executable, os.path.join(REPO, "launch", "tune.py"), f"--config={COMPARE}",
-               f"--workdir={workdir}", "--grid=lp.optim.lr=1e-4,0.3", "--grid=lpft.steps=4",
-               "--config.lp.steps=4", "--config.lp.batch_size=16", "--config.lpft.batch_size=16",
+               f"--workdir={workdir}", "--grid=lp.max_iter=1,100", "--grid=lpft.steps=4",
+               "--config.lpft.batch_size=16",
                "--config.lpft.optim.warmup_steps=1", "--config.data.image_size=16",
                "--config.data.train_examples_per_domain=64",
                "--config.data.eval_examples_per_domain=32", "--config.eval.batch_size=32",
@@ -66,17 +67,17 @@ def test_tuning_chooses_each_stage_on_validation_and_a_rerun_trains_nothing(tmp_
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     assert first.returncode == 0, first.stderr[-3000:]
     result = json.loads((workdir / "tuning.json").read_text())
-    lp = {p["point"]["optim.lr"]: p["val"] for p in result["lp"]["points"]}
-    assert result["lp"]["chosen"] == {"optim.lr": max(lp, key=lp.get)}
+    lp = {p["point"]["max_iter"]: p["val"] for p in result["lp"]["points"]}
+    assert result["lp"]["chosen"] == {"max_iter": max(lp, key=lp.get)}
     for point in result["lp"]["points"]:
         curve = train.read_eval_curve(os.path.join(point["workdir"], "lp"))
-        assert curve[-1]["step"] == 4 and curve[-1]["val/photo"] == point["val"]
+        assert curve[-1]["step"] == 1 and curve[-1]["val/photo"] == point["val"]
         assert "id/photo" not in curve[-1] and "ood/sketch" in curve[-1]
-    chosen_lr = result["lp"]["chosen"]["optim.lr"]
+    chosen = result["lp"]["chosen"]["max_iter"]
     lpft_config = json.loads((workdir / "lpft" / "steps=4" / "config.json").read_text())
-    assert lpft_config["lp"]["optim"]["lr"] == chosen_lr and lpft_config["stages"] == ["lp", "lpft"]
+    assert lpft_config["lp"]["max_iter"] == chosen and lpft_config["stages"] == ["lp", "lpft"]
     assert first.stdout.strip().splitlines()[-1] == (
-        f"--config.lp.optim.lr={chosen_lr} --config.lpft.steps=4")
+        f"--config.lp.max_iter={chosen} --config.lpft.steps=4")
     for point in result["lp"]["points"] + result["lpft"]["points"]:  # No test set is scored.
         assert not os.path.exists(os.path.join(point["workdir"], "report"))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from wlsft_jax import (checkpoint, checks, context as context_lib, convert, experiment,
+from wlsft_jax import (checkpoint, checks, context as context_lib, convert, evals, experiment,
                        objectives, optim, recipes, records as records_lib, sharding,
                        train)
 from wlsft_jax.data import caption_formats, pipeline, tasks, transforms, world
@@ -118,7 +118,7 @@ def test_every_wls_config_passes_the_checks(adapter, data):
     checks.check_config(config)
     experiment.check_names(config)
     assert config.wls.adapter.name == adapter
-    assert experiment.report_metric(config) == "knn20_top1"
+    assert evals.report_metric(config, "id") == "knn20_top1"
     if data != "world":
         assert (config.stages, config.init.format, config.data.captions) == (
             ("wls",), "hf_vit", data)
@@ -127,12 +127,13 @@ def test_every_wls_config_passes_the_checks(adapter, data):
 @pytest.mark.parametrize("arg, message", [
     ("adapter=prompt", r"'prompt'; valid choices: \['token_replay', 'film', 'lora'\]"),
     ("data=laion", r"'laion'; valid choices: \['world', 'imagenet_20k'"),
-    ("model=film", r"'model'; valid choices: \['adapter', 'data'\]"),
-    ("film", r"'film' is not key=value"),
+    ("model=film", r"'model'; valid choices: \['adapter', 'data', 'evals'\]"),
+    ("token_replay,film", r"'film' is not key=value"),
+    ("evals=zero_shot", r"evals.zero_shot \(type 'zero_shot'\) cannot score stage 'wls'"),
 ])
 def test_a_bad_wls_config_argument_names_the_valid_ones(arg, message):
     with pytest.raises(Exception, match=message):
-        load(f"{WLS_CONFIG}:{arg}")
+        checks.check_config(load(f"{WLS_CONFIG}:{arg}"))
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -140,8 +141,8 @@ def test_a_bad_wls_config_argument_names_the_valid_ones(arg, message):
     ("init.name", "world_clip", r"'world_clip' is a 'clip' model; this config needs a 'vit' "
                                 r"model: one of \['world_dino'\]"),
     ("wls.label_key", "domain", r"label_key applies to method 'supervised' only"),
-    ("eval.knn_report_k", 7, r"7; valid choices: \[10, 20, 100, 200\]"),
-    ("eval.representation", "mean", r"'mean'; valid choices: \['cls', 'features'\]"),
+    ("evals.knn.report_k", 7, r"report_k=7 must be one of its ks \[10, 20, 100, 200\]"),
+    ("evals.knn.representation", "mean", r"'mean'; valid choices: \['cls', 'features'\]"),
     ("tokenizer.kind", "world", r"set tokenizer\.kind='hf_json'"),
     ("text_encoder.path", None, r"text_encoder\.path is unset"),
     ("init.format", "hf_clip", r"'hf_clip': WLS starts from a vision encoder"),
@@ -164,8 +165,8 @@ def test_a_bad_wls_setting_fails_naming_it(key, value, message):
 def test_wls_keys_in_a_config_without_wls_are_errors():
     config = load(os.path.join(REPO, "configs", "ft_clip.py"))
     with config.unlocked():
-        config.eval.knn_ks = (10,)
-    with pytest.raises(ValueError, match=r"\['eval\.knn_ks'\] apply to evaluator 'knn' only"):
+        config.text_encoder = dict(format="hf_bert", path="/bert")
+    with pytest.raises(ValueError, match=r"\['text_encoder'\] apply to method 'wls' only"):
         checks.check_config(config)
 
 
@@ -175,8 +176,9 @@ def sweep_setup(adapter):
     config = tiny_wls_config(wls=recipes.stage(
         "wls", steps=1, batch_size=8, adapter=adapter,
         optim=dict(schedule=list(wls_method.SCHEDULE), warmup_steps=0)))
-    config.eval.update(dict(knn_ks=(1, 10), knn_report_k=10, representation="cls",
-                            alphas=(0.0, 1.0)))
+    config.evals = dict(knn=recipes.evaluator("knn", ks=(1, 10), report_k=10))
+    config.eval.report = "knn"
+    config.eval.alphas = (0.0, 1.0)
     config.data.update(train_examples_per_domain=48, eval_examples_per_domain=16,
                        ood_domains=("sketch",))
     mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
@@ -198,8 +200,8 @@ def test_alpha_zero_knn_is_the_pretrained_encoders(adapter):
             jax.random.key(next(noise)), p.shape), frozen, params)
     with jax.set_mesh(context.mesh):
         records = experiment.wise_ft_records(
-            config, knn.Evaluator(context, stage.spec.model), params, trained, method="wls",
-            seed=0)
+            config, experiment.evaluators(config, context, stage.spec.model), params, trained,
+            method="wls", seed=0)
 
     def pretrained_features(eval_set):
         batch = next(iter(pipeline.eval_batches(eval_set.source, batch_size=1000,
@@ -275,8 +277,8 @@ def test_embedded_wls_runs_through_main(tmp_path, monkeypatch):
             "--config.wls.steps=2", "--config.wls.batch_size=16",
             "--config.wls.optim.warmup_steps=1", "--config.data.train_examples_per_domain=48",
             "--config.data.eval_examples_per_domain=16", "--config.data.worker_count=0",
-            "--config.data.ood_domains=('sketch',)", "--config.eval.knn_ks=(1,10)",
-            "--config.eval.knn_report_k=10", "--config.eval.alphas=(0.0,1.0)",
+            "--config.data.ood_domains=('sketch',)", "--config.evals.knn.ks=(1,10)",
+            "--config.evals.knn.report_k=10", "--config.eval.alphas=(0.0,1.0)",
             "--config.eval.batch_size=64"]
     run_main_in_process(argv, monkeypatch)
     records = records_lib.load_records(workdir / "report" / "results.json")
@@ -423,7 +425,7 @@ def founding_overrides(*, dino_dir, data_dir, captions_path, steps):
         f"--config.data.image_size={MOCK_IMAGE_SIZE}", "--config.data.worker_count=0",
         f"--config.wls.steps={steps}", "--config.wls.batch_size=8",
         "--config.wls.optim.warmup_steps=1", "--config.eval.batch_size=8",
-        "--config.eval.knn_ks=(1,3)", "--config.eval.knn_report_k=3"]
+        "--config.evals.knn.ks=(1,3)", "--config.evals.knn.report_k=3"]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ INIT_FORMATS = ("scratch", "pretrained", "orbax", "hf_clip", "hf_vit", "big_visi
 TOKENIZER_KINDS = ("world", "clip_bpe", "hf_json")
 
 TOP_LEVEL_KEYS = {"seed", "num_seeds", "mesh", "distributed", "data", "tokenizer", "model",
-                  "init", "stages", "eval", "text_encoder"}
+                  "init", "stages", "eval", "evals", "text_encoder"}
 SECTION_KEYS = {
     "mesh": {"data", "fsdp", "tensor"},
     "distributed": {"initialize", "coordinator_address", "num_processes", "process_id"},
@@ -29,8 +29,7 @@ SECTION_KEYS = {
     "tokenizer": {"kind", "context_length", "vocab_path", "merges_path"},
     "model": {"img", "txt", "embed_dim", "dtype"},
     "init": {"format", "path", "name"},
-    "eval": {"batch_size", "templates", "alphas", "knn_ks", "knn_report_k", "representation",
-             "report_metrics", "periodic_examples", "baseline"},
+    "eval": {"batch_size", "templates", "alphas", "report", "periodic_examples", "baseline"},
     "text_encoder": {"format", "path"},
 }
 # Keys every stage may set; a method's own keys are its module's STAGE_KEYS.
@@ -38,8 +37,6 @@ SECTION_KEYS = {
 INITIAL_WEIGHTS = "init"
 STAGE_KEYS = {"method", "input", "steps", "batch_size", "accum_steps", "optim", "templates",
               "log_every", "checkpoint_every", "keep_checkpoints", "eval_every"}
-# The kinds of dataset that eval.report_metrics names a metric for.
-REPORT_KINDS = (tasks.ID, tasks.OOD)
 
 
 def missing_key(node, dotted: str, where: str = "config"):
@@ -65,14 +62,6 @@ def choice(value, valid, what) -> None:
     """ValueError naming the valid choices when `value` is not one of them."""
     if value not in valid:
         raise ValueError(f"Unknown {what} {value!r}; valid choices: {list(valid)}.")
-
-
-def knn_ks(config) -> None:
-    """eval.knn_ks are distinct positive integers and eval.knn_report_k is one of them."""
-    ks = tuple(config.eval.knn_ks)
-    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
-        raise ValueError(f"eval.knn_ks={ks} must be distinct positive integers, e.g. (10, 20).")
-    choice(config.eval.knn_report_k, ks, "eval.knn_report_k (one of eval.knn_ks)")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -107,7 +96,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for index, name in enumerate(stages):
         _check_stage(config, stages, index)
     _check_method_keys(config, stages)
-    _check_report_metrics(config, stages)
+    _check_evals(config, stages)
     if not methods.get(config[stages[0]].method).FROM_SCRATCH and config.init.format == "scratch":
         raise ValueError(f"The first stage {stages[0]!r} fine-tunes a pretrained model, but "
                          "init.format='scratch'; add a 'pretrain' stage first or set init.format "
@@ -151,6 +140,9 @@ def _check_stage(config, stages, index) -> None:
     method = methods.get(stage.method)
     own_keys = {key: other for other in methods.names()
                 for key in methods.get(other).STAGE_KEYS}
+    if not getattr(method, "TRAINING_LOOP", True):  # E.g. `lp`'s L-BFGS fit.
+        known_keys(stage.keys(), {"method", "input", *method.STAGE_KEYS},
+                   f"config.{name} (method {stage.method!r} runs no training loop)")
     known_keys(stage.keys(), STAGE_KEYS | set(own_keys), f"config.{name}")
     for key, owner in own_keys.items():
         if key in stage and key not in method.STAGE_KEYS:
@@ -162,27 +154,20 @@ def _check_stage(config, stages, index) -> None:
                "config.init's weights)")
     if "templates" in stage:
         choice(stage.templates, tuple(templates.TEMPLATES), f"templates of stage {name!r}")
-    _check_stage_numbers(name, stage)
-    if "eval_every" in stage and method.EVALUATOR is None:
-        raise ValueError(f"config.{name}.eval_every: method {stage.method!r} has no evaluator; "
-                         "remove it.")
+    if getattr(method, "TRAINING_LOOP", True):
+        _check_stage_numbers(name, stage)
+    if "eval_every" in stage and not method.SCORED_BY:
+        raise ValueError(f"config.{name}.eval_every: method {stage.method!r} is not scored by "
+                         "any evaluator; remove it.")
     if hasattr(method, "check_config"):
         method.check_config(config, name)
 
 
 def _check_method_keys(config, stages) -> None:
-    """Keys that only one method or evaluator reads (its module's CONFIG_KEYS, e.g. WLS's text
-    encoder, k-NN's ks) need a stage of that method or scored by that evaluator; so does a
-    stand-in stage (`supervised`) the stage it feeds, and tokenizer.kind='hf_json' a text
-    encoder."""
+    """Keys that only one method reads (its module's CONFIG_KEYS, e.g. WLS's text encoder) need
+    a stage of that method; so does a stand-in stage (`supervised`) the stage it feeds, and
+    tokenizer.kind='hf_json' a text encoder."""
     used = {config[name].method for name in stages}
-    scored_by = {methods.get(name).EVALUATOR for name in used}
-    for evaluator in evals.names():
-        present = [key for key in getattr(evals.get(evaluator), "CONFIG_KEYS", ())
-                   if _has_key(config, key)]
-        if present and evaluator not in scored_by:
-            raise ValueError(f"Config key(s) {present} apply to evaluator {evaluator!r} only; no "
-                             f"stage of this config is scored by it. Remove them.")
     for method_name in methods.names():
         method = methods.get(method_name)
         present = [key for key in getattr(method, "CONFIG_KEYS", ()) if _has_key(config, key)]
@@ -208,26 +193,29 @@ def _has_key(config, dotted: str) -> bool:
     return leaf in config
 
 
-def _check_report_metrics(config, stages) -> None:
-    """A config scored by the "zero_shot" evaluator names the metric the report tabulates for
-    the ID and for the OOD datasets (eval.report_metrics; experiment.check_names checks that they
-    are recorded); others report their evaluator's metric and set none."""
-    evaluator = methods.get(config[stages[-1]].method).EVALUATOR
-    present = "report_metrics" in config.eval
-    if evaluator not in (None, "zero_shot"):
-        if present:
-            raise ValueError(f"eval.report_metrics applies to the zero_shot evaluator; this "
-                             f"config's last stage is scored by {evaluator!r}. Remove it.")
-        return
-    if not present:
-        raise ValueError(f"eval.report_metrics is unset; set it to a dict with keys "
-                         f"{list(REPORT_KINDS)}, e.g. dict(id='top1', ood='top1').")
-    metrics = config.eval.report_metrics
-    known_keys(metrics.keys(), REPORT_KINDS, "config.eval.report_metrics")
-    missing = [kind for kind in REPORT_KINDS if kind not in metrics]
-    if missing:
-        raise ValueError(f"config.eval.report_metrics lacks {missing}; name a metric for each of "
-                         f"{list(REPORT_KINDS)}.")
+def _check_evals(config, stages) -> None:
+    """config.evals names evaluators of known types and settings (`wlsft_jax.evals`), each able
+    to score every stage that is scored; eval.report is one of them (experiment.check_names
+    checks their metrics against the datasets)."""
+    if not hasattr(config.get("evals"), "keys") or not config.evals:
+        raise ValueError("config.evals is unset or empty; name at least one evaluator, e.g. "
+                         "evals.accuracy = dict(type='zero_shot').")
+    for name, given in config.evals.items():
+        if not hasattr(given, "keys"):
+            raise ValueError(f"evals.{name}={given!r} must be a dict(type=..., settings).")
+        choice(given.get("type"), evals.names(), f"type of evals.{name}")
+        module = evals.get(given.type)
+        known_keys(given.keys(), {"type", *module.SETTINGS}, f"config.evals.{name}")
+        if hasattr(module, "check"):
+            module.check(evals.settings(config, name), config, name)
+    choice(config.eval.get("report"), tuple(config.evals), "eval.report (one of config.evals)")
+    for stage in stages:
+        scored_by = methods.get(config[stage].method).SCORED_BY
+        for name, given in config.evals.items():
+            if scored_by and given.type not in scored_by:
+                raise ValueError(f"evals.{name} (type {given.type!r}) cannot score stage "
+                                 f"{stage!r} (method {config[stage].method!r}), which is "
+                                 f"scored by {list(scored_by)}; remove it or change its type.")
 
 
 def _check_stage_numbers(name: str, stage: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,8 @@
 """The resumable record of finished evaluations, shared by the main run and the sweep.
 
-A cell is one (method, alpha, dataset, seed); its records (one per metric) join
-`<directory>/results.json` as soon as it is evaluated, and a rerun skips the cells found there.
+A cell is one (method, alpha, dataset, seed) scored by one evaluator; its records (one per metric)
+join `<directory>/results.json` as soon as it is evaluated, and a rerun skips the cells found
+there. Evaluators record different metrics, so a cell's metrics tell whose records they are.
 Cells that raised go to `failures.json`. Each write replaces a file through a temporary one, so
 it is always whole; only process 0 writes and every process reads, so all skip the same cells.
 """
@@ -41,22 +42,23 @@ class Ledger:
         self.records = (records_lib.load_records(self.results_path)
                         if self.results_path.exists() else [])
         self.failures = []
-        self._finished = {cell_key(r) for r in self.records}
+        self._finished = {(cell_key(r), r["metric"]) for r in self.records}
 
-    def done(self, key: tuple[str, float, str, int]) -> bool:
-        return key in self._finished
+    def done(self, key: tuple[str, float, str, int], metrics) -> bool:
+        """Whether cell `key` has a record of one of `metrics` (an evaluator's)."""
+        return any((key, metric) in self._finished for metric in metrics)
 
     def add(self, records) -> None:
         self.records = records_lib.merge_records(self.records, records)
-        self._finished.update(map(cell_key, records))
+        self._finished.update((cell_key(r), r["metric"]) for r in records)
         write_json(self.results_path, self.records)
 
-    def cached(self, keys, evaluate) -> list[dict]:
-        """The records of the cells `keys`: from the ledger when all are finished, else those
-        `evaluate()` returns, added to the ledger."""
-        if all(self.done(key) for key in keys):
+    def cached(self, keys, metrics, evaluate) -> list[dict]:
+        """The records of `metrics` (an evaluator's) of the cells `keys`: from the ledger when
+        all are finished, else those `evaluate()` returns, added to the ledger."""
+        if all(self.done(key, metrics) for key in keys):
             wanted = set(keys)
-            return [r for r in self.records if cell_key(r) in wanted]
+            return [r for r in self.records if cell_key(r) in wanted and r["metric"] in metrics]
         records = evaluate()
         self.add(records)
         return records

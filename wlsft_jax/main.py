@@ -68,7 +68,8 @@ def prepare(config):
     # over the data shards: all are checked before anything trains.
     batch_sizes = {f"config.{name}: micro-batches of batch_size={config[name].batch_size} / "
                    f"accum_steps={config[name].accum_steps}":
-                   config[name].batch_size // config[name].accum_steps for name in config.stages}
+                   config[name].batch_size // config[name].accum_steps
+                   for name in config.stages if "batch_size" in config[name]}  # (Not `lp`'s.)
     batch_sizes[f"config.eval.batch_size={config.eval.batch_size} (evaluation and k-NN "
                 "batches)"] = config.eval.batch_size
     sharding.check_batch_sizes(mesh, batch_sizes)

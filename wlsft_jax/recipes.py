@@ -9,7 +9,7 @@ import dataclasses
 
 import ml_collections
 
-from wlsft_jax import checks, methods
+from wlsft_jax import checks, evals, methods
 
 INITIAL_WEIGHTS = checks.INITIAL_WEIGHTS  # A stage `input`: config.init's weights.
 
@@ -82,7 +82,7 @@ def stage(method: str, *, steps: int, batch_size: int = 128, **overrides):
         keep_checkpoints=2,
     ))
     module = methods.get(method)
-    if module.EVALUATOR and not module.RUNS_ONCE:  # Fine-tuning: five points on each curve.
+    if module.SCORED_BY and not module.RUNS_ONCE:  # Fine-tuning: five points on each curve.
         config.eval_every = max(1, steps // 5)
     config.update(overrides)
     return config
@@ -109,11 +109,13 @@ def base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
         stages=tuple(stages),
         eval=dict(batch_size=512, templates="simple",  # Splits over any 2^n <= 512 devices.
                   alphas=tuple(round(0.1 * i, 1) for i in range(11)),  # WiSE-FT's sweep.
-                  report_metrics=dict(id="top1", ood="top1"),  # What the report tabulates.
+                  report="zero_shot",  # The evaluator of `evals` the report headlines.
                   periodic_examples=500,  # Per OOD set, in the evaluation while training.
                   # Effective robustness's testbed (wlsft_jax.testbed): a name or a file.
                   baseline=ml_collections.FieldReference("world", field_type=str)),
     ))
+    # The evaluators (wlsft_jax.evals) that score every fine-tuned stage across alphas.
+    config.evals = dict(zero_shot=evaluator("zero_shot"))
     for name, stage_config in stage_configs.items():
         config[name] = stage_config
     return config
@@ -159,41 +161,40 @@ def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     token, the ID training images as the bank): no text tower, no zero-shot head."""
     config = base(stages=stages, **stage_configs)
     del config.model["txt"], config.model["embed_dim"]
-    del config.eval["templates"], config.eval["report_metrics"], config.eval["alphas"]
-    config.eval.update(dict(knn_ks=(10, 20), knn_report_k=20))
+    del config.eval["templates"], config.eval["alphas"]
+    config.evals = dict(knn=evaluator("knn", ks=(10, 20), report_k=20))
+    config.eval.report = "knn"
     config.eval.baseline = None  # The world's testbed is of top-1 classifiers, not k-NN.
     return config
 
 
-def parse_arg(arg, valid):
-    """`--config=configs/x.py:ARG` -> ARG (default: the first valid one), checked."""
-    arg = arg or valid[0]
-    checks.choice(arg, valid, "config argument")
-    return arg
+def lp_stage(**overrides) -> ml_collections.ConfigDict:
+    """The linear probe of methods/lp.py: L-BFGS on the frozen features, C chosen from `cs` on
+    the ID validation split (no training loop, so no steps or optimizer)."""
+    from wlsft_jax.evals import linear_probe
 
-
-def lp_stage(*, lr: float = 1e-2, **overrides) -> ml_collections.ConfigDict:
-    """Linear probe through the training loop: only `head/...` trains, the rest is frozen."""
-    return stage("lp", **{"steps": 250, **overrides},
-                 optim=dict(lr=lr, wd=0.0, warmup_steps=0,
-                            schedule=[("head/.*", {}), (".*", None)]))
+    config = ml_collections.ConfigDict(dict(
+        method="lp", input=ml_collections.config_dict.placeholder(str),
+        cs=linear_probe.DEFAULT_CS, max_iter=1000))
+    config.update(overrides)
+    return config
 
 
 # (lr, steps) of each method fine-tuning world_clip on the embedded world, chosen on photo's
 # validation split by launch/tune.py (the command, grid and scores: README "Which claims hold").
-# The single-method configs and configs/compare_clip.py train exactly these stages, so a
-# single-method run is compare_clip's seed 0.
-WORLD_CLIP_TUNED = {"lp": (1e-2, 150), "ft": (1e-3, 300), "lpft": (1e-3, 300),
-                    "flyp": (1e-3, 300)}
+# The single-method configs and configs/compare_clip.py train exactly these stages (and LP's
+# probe, whose C is chosen on the same split as it is fitted), so a single-method run is
+# compare_clip's seed 0.
+WORLD_CLIP_TUNED = {"ft": (1e-3, 300), "lpft": (1e-3, 300), "flyp": (1e-3, 300)}
 
 
 def world_clip_stage(name: str) -> ml_collections.ConfigDict:
-    """Stage `name` (lp, ft, lpft: ft from the lp stage, flyp) of WORLD_CLIP_TUNED: AdamW with
-    weight decay 0.1 and 15 warm-up steps, as tuned (LP: no decay, no warm-up)."""
-    checks.choice(name, tuple(WORLD_CLIP_TUNED), "tuned world stage")
-    lr, steps = WORLD_CLIP_TUNED[name]
+    """Stage `name` (lp, ft, lpft: ft from the lp stage, flyp) on the world: LP's probe, or the
+    stage of WORLD_CLIP_TUNED: AdamW with weight decay 0.1 and 15 warm-up steps, as tuned."""
+    checks.choice(name, ("lp", *WORLD_CLIP_TUNED), "tuned world stage")
     if name == "lp":
-        return lp_stage(lr=lr, steps=steps)
+        return lp_stage()
+    lr, steps = WORLD_CLIP_TUNED[name]
     optim = dict(lr=lr, wd=0.1, warmup_steps=15)
     if name == "flyp":
         return stage("flyp", input=INITIAL_WEIGHTS, templates="simple", optim=optim,
@@ -294,7 +295,7 @@ def real_clip(task: str, *, stages, **stage_configs) -> ml_collections.ConfigDic
         txt=dict(width=512, depth=12, num_heads=8, mlp_dim=2048, **MEMORY_LEVERS),
         embed_dim=512, dtype="bfloat16"))
     config.eval.templates = REAL_TASKS[task]["templates"]
-    config.eval.report_metrics = dict(REAL_TASKS[task]["report_metrics"])
+    config.evals.zero_shot.report_metrics = dict(REAL_TASKS[task]["report_metrics"])
     config.eval.baseline = None  # No testbed ships for real tasks: give one's file.
     return config
 
@@ -320,26 +321,60 @@ def wls_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
     config.data.captions = ml_collections.config_dict.placeholder(str)  # Real captions only.
     config.data.captions_path = ml_collections.config_dict.placeholder(str)
     config.data.caption_pairs = ml_collections.config_dict.placeholder(int)
-    config.eval.update(dict(knn_ks=(10, 20, 100, 200), knn_report_k=20, representation="cls",
-                            alphas=(0.0, 0.25, 0.5, 0.75, 1.0)))
-    # The text tower is the text encoder's, no zero-shot head is built, and the report shows
-    # k-NN top-1 at eval.knn_report_k.
+    config.evals = dict(knn=evaluator("knn", ks=(10, 20, 100, 200), report_k=20))
+    config.eval.report = "knn"
+    config.eval.alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+    # The text tower is the text encoder's, and no zero-shot head is built.
     del config.model["txt"], config.model["embed_dim"], config.eval["templates"]
-    del config.eval["report_metrics"]
     config.eval.baseline = None  # The world's testbed is of top-1 classifiers, not k-NN.
     return config
 
 
-def parse_named_args(arg, **valid) -> dict:
-    """`--config=configs/x.py:key=value,key=value` -> {key: value}, every key of `valid`
-    (default: the first of its valid values), each checked."""
-    values = {key: choices[0] for key, choices in valid.items()}
-    for item in filter(None, (arg or "").split(",")):
+def parse_arg(arg, **options) -> ml_collections.ConfigDict:
+    """`--config=configs/x.py:ARG` -> {option: value}: every config's argument parser.
+
+    ARG is `key=value,...`; a bare first item is the first option's value (`ft_clip.py:imagenet`
+    is `ft_clip.py:data=imagenet`). Each option is given as the tuple of its valid values, the
+    first its default; a value is typed as the valid value it spells. Every config also takes
+    `evals`, evaluator types (`wlsft_jax.evals`) joined by "+", e.g.
+    `ft_clip.py:evals=zero_shot+knn+linear_probe`: `with_evals` sets them, the first headlining
+    the report (default (): the config's own).
+    """
+    values = {key: choices[0] for key, choices in options.items()}
+    values["evals"] = ()
+    for index, item in enumerate(filter(None, (arg or "").split(","))):
         key, equals, value = item.partition("=")
         if not equals:
-            raise ValueError(f"Config argument {item!r} is not key=value; valid keys: "
-                             f"{list(valid)}.")
-        checks.choice(key, tuple(valid), "config argument key")
-        checks.choice(value, tuple(valid[key]), f"value of config argument {key!r}")
-        values[key] = value
-    return values
+            if index or not options:
+                raise ValueError(f"Config argument {item!r} is not key=value; valid keys: "
+                                 f"{[*options, 'evals']}.")
+            key, value = next(iter(options)), item
+        checks.choice(key, (*options, "evals"), "config argument key")
+        if key == "evals":
+            for kind in value.split("+"):
+                checks.choice(kind, evals.names(), "evaluator type in config argument evals")
+            values[key] = tuple(value.split("+"))
+            continue
+        spelled = {str(choice): choice for choice in options[key]}
+        checks.choice(value, tuple(spelled), f"value of config argument {key!r}")
+        values[key] = spelled[value]
+    return ml_collections.ConfigDict(values)
+
+
+def evaluator(kind: str, **settings) -> ml_collections.ConfigDict:
+    """A `config.evals` entry of evaluator type `kind`, every setting written out (its default
+    unless given), so that the command line can set any of them."""
+    return ml_collections.ConfigDict(dict(type=kind, **{**evals.get(kind).SETTINGS, **settings}))
+
+
+def with_evals(config, kinds) -> ml_collections.ConfigDict:
+    """`config` scored by evaluators of types `kinds` (named after them; the first headlines
+    the report), or unchanged for no kinds. A zero_shot evaluator keeps the config's report
+    metrics."""
+    if not kinds:
+        return config
+    own = {entry.type: entry for entry in config.evals.values()}
+    config.evals = ml_collections.ConfigDict(
+        {kind: own.get(kind, evaluator(kind)) for kind in kinds})
+    config.eval.report = kinds[0]
+    return config

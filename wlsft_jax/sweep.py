@@ -101,10 +101,13 @@ def plan(config, *, checkpoints, alphas=None, datasets=None, pretrained=None,
         config.init.name = None
     checks.check_config(config)
     experiment.check_names(config)
-    if experiment.evaluator_name(config) != "zero_shot":
-        raise ValueError(f"This config is scored by the {experiment.evaluator_name(config)!r} "
-                         "evaluator, in wlsft_jax.main; this sweep takes CLIP configs scored "
-                         "zero-shot (e.g. configs/flyp_clip.py).")
+    report = config.eval.report
+    if config.evals[report].type != "zero_shot":
+        raise ValueError(f"This config's report is of evaluator evals.{report} (type "
+                         f"{config.evals[report].type!r}), run by wlsft_jax.main; this sweep "
+                         "takes CLIP configs scored zero-shot (e.g. configs/flyp_clip.py).")
+    # The sweep scores with eval.report's zero-shot evaluator only.
+    config.evals = ml_collections.ConfigDict({report: config.evals[report]})
     if config.init.format not in ("pretrained", "orbax", "hf_clip"):
         raise ValueError(f"The config's init.format={config.init.format!r} gives no pretrained "
                          "CLIP for alpha 0; pass --pretrained=<an orbax stage directory such as "
@@ -237,7 +240,8 @@ def run(sweep: Sweep, *, out, mesh) -> Outcome:
     ledger = ledger_lib.Ledger(out)
     sweep = dataclasses.replace(sweep, methods=stable_names(out, sweep.methods))
     cells = sweep.cells()
-    pending = [cell for cell in cells if not ledger.done(cell.key)]
+    metrics = experiment.recorded_metrics(sweep.config, sweep.config.eval.report)
+    pending = [cell for cell in cells if not ledger.done(cell.key, metrics)]
     logging.info("Sweep of %d cells (%d checkpoints x %d alphas x %d datasets): %d finished "
                  "earlier, %d to evaluate.", len(cells), len(sweep.methods), len(sweep.alphas),
                  len(sweep.datasets), len(cells) - len(pending), len(pending))
@@ -248,7 +252,7 @@ def run(sweep: Sweep, *, out, mesh) -> Outcome:
     for failure in ledger.failures:
         logging.error("Failed: %s alpha=%g on %s: %s", failure["method"], failure["alpha"],
                       failure["dataset"], failure["error"])
-    return Outcome(evaluated=[cell for cell in pending if ledger.done(cell.key)],
+    return Outcome(evaluated=[cell for cell in pending if ledger.done(cell.key, metrics)],
                    failures=ledger.failures)
 
 

@@ -165,6 +165,13 @@ def read_eval_curve(workdir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def write_eval_curve(workdir, curve: list[dict]) -> None:
+    """`curve` (one dict per evaluation, with its "step") as the stage's eval_curve.jsonl."""
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / EVAL_CURVE).write_text(
+            "".join(json.dumps(row) + "\n" for row in curve))
+
+
 def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
         periodic_eval=None, init_source: str = ""):
     """Trains `init_params` for one stage; resumes from `workdir` if it holds checkpoints.
@@ -265,8 +272,7 @@ def run(*, name, stage_config, spec, init_params, mesh, workdir, seed, writer,
             values = periodic_eval(state["params"])
             writer.write_scalars(step, {f"{name}/eval/{k}": v for k, v in values.items()})
             curve = [row for row in curve if row["step"] < step] + [dict(step=step, **values)]
-            if jax.process_index() == 0:
-                (workdir / EVAL_CURVE).write_text("".join(json.dumps(r) + "\n" for r in curve))
+            write_eval_curve(workdir, curve)
         manager.save(step, state, data_iterator=data_iter, metadata=metadata,
                      force=step == steps)
     manager.close()

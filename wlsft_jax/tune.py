@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 from ml_collections.config_flags import config_path
 
-from wlsft_jax import checks, experiment, methods, train, workdir as workdir_lib
+from wlsft_jax import checks, evals, experiment, methods, train, workdir as workdir_lib
 from wlsft_jax.data import tasks
 
 RESULT = "tuning.json"
@@ -39,7 +39,7 @@ def parse_grid(specs, config) -> dict[str, dict[str, list]]:
             raise ValueError(f"--grid={spec!r}: expected <stage>.<key>=<value>,<value>,... "
                              "(e.g. ft.optim.lr=1e-5,3e-5).")
         checks.choice(stage, tuple(config.stages), f"stage in --grid={spec!r}")
-        if not methods.get(config[stage].method).EVALUATOR:
+        if not methods.get(config[stage].method).SCORED_BY:
             raise ValueError(f"--grid={spec!r}: stage {stage!r} (method "
                              f"{config[stage].method!r}) has no evaluator to score it on the "
                              "validation split; tune the stages after it.")
@@ -88,7 +88,9 @@ def point_config(config, stage: str, point: dict, chosen: dict[str, dict]):
         for name in chain:  # Set as the command-line override --config.<name>.<key> would.
             for key, value in (point if name == stage else chosen.get(name, {})).items():
                 config_path.set_value(f"{name}.{key}", tuned, value)
-        tuned[stage].eval_every = tuned[stage].get("eval_every") or tuned[stage].steps
+        if getattr(methods.get(tuned[stage].method), "TRAINING_LOOP", True):  # (`lp` scores
+            # its one fit.)
+            tuned[stage].eval_every = tuned[stage].get("eval_every") or tuned[stage].steps
     return tuned
 
 
@@ -120,7 +122,7 @@ def run(config, grid, *, workdir: epath.Path, mesh) -> dict:
         best = max(points, key=lambda p: p["val"])  # The first of equals: grid order.
         chosen[stage] = best["point"]
         result[stage] = dict(points=points, chosen=best["point"])
-    write(result, workdir, metric=f"{val_key} {experiment.report_metric(config)}")
+    write(result, workdir, metric=f"{val_key} {evals.report_metric(config, tasks.ID)}")
     return result
 
 

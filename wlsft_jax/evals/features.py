@@ -2,11 +2,53 @@
 k-NN evaluation and caption-feature caching read."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 from wlsft_jax import sharding
 from wlsft_jax.data import pipeline
+from wlsft_jax.models import two_towers, vit
+
+# The image features an evaluator compares, from the image tower's (features, out).
+REPRESENTATIONS = {
+    "cls": lambda features, out: out["encoded"][:, 0],  # Final-norm class token (DINO's k-NN).
+    "features": lambda features, out: features,  # The tower's output (projected, if it is).
+}
+
+
+def check_representation(representation, where: str) -> None:
+    """ValueError naming the valid representations for an unknown one."""
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"Unknown {where}.representation {representation!r}; valid choices: "
+                         f"{list(REPRESENTATIONS)}.")
+
+
+def image_tower(model):
+    """The image tower of a stage's model (a two-tower CLIP / WLS model, or a classifier), which
+    reads the `img` params."""
+    if isinstance(model, two_towers.Model):
+        return model.towers()[0]
+    return vit.Model(**model.img)
+
+
+def image_features_fn(model, representation: str):
+    """Jitted (img params, images) -> the `representation` of `model`'s image tower."""
+    tower, represent = image_tower(model), REPRESENTATIONS[representation]
+    return jax.jit(lambda params, images: represent(*tower.apply({"params": params}, images)))
+
+
+def l2_normalised(feats):
+    """Rows divided by their L2 norm (a zero row stays zero), as torch's F.normalize in DINO."""
+    return feats / jnp.maximum(jnp.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def reading(context) -> dict:
+    """How an evaluator of `context` reads a set: eval.batch_size, on its mesh, the task's
+    eval workers (the keyword arguments of `labelled_features`)."""
+    return dict(batch_size=context.config.eval.batch_size, mesh=context.mesh,
+                worker_count=context.task.eval_worker_count)
 
 
 def features(features_fn, params, source, *, operations, input_key="image", batch_size, mesh,

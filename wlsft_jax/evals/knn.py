@@ -33,62 +33,55 @@ from jax.sharding import PartitionSpec as P
 from wlsft_jax.evals import features as features_lib
 from wlsft_jax.evals.feature_checks import checked_features
 from wlsft_jax.evals.feature_checks import checked_labels
-from wlsft_jax.models import two_towers, vit
 
 DEFAULT_KS = (10, 20, 100, 200)
 _BANK_AXIS = "bank"
 _SIMILARITY_BLOCK_BYTES = 128 * 2**20
-# eval.representation -> the features k-NN compares, from the image tower's (features, out).
-REPRESENTATIONS = {
-    "cls": lambda features, out: out["encoded"][:, 0],  # Final-norm class token (DINO's k-NN).
-    "features": lambda features, out: features,  # The tower's output (projected, if it is).
-}
+# ks: the k of each vote recorded; report_k: the one the report tabulates; representation: the
+# features compared (features_lib.REPRESENTATIONS; "cls", the final-norm class token, is DINO's).
+SETTINGS = dict(ks=(10, 20), report_k=20, representation="cls")
 
 
-# The config keys only this evaluator reads.
-CONFIG_KEYS = ("eval.knn_ks", "eval.knn_report_k", "eval.representation")
-
-
-def report_metric(config, kind: str) -> str:
-    """k-NN top-1 at eval.knn_report_k, for the ID and the OOD datasets alike."""
+def report_metric(settings, kind: str) -> str:
+    """k-NN top-1 at report_k, for the ID and the OOD datasets alike."""
     del kind
-    return f"knn{config.eval.knn_report_k}_top1"
+    return f"knn{settings['report_k']}_top1"
 
 
-def recorded_metrics(config, dataset: str) -> tuple[str, ...]:
-    """knn{k}_top1 and knn{k}_top5 for every k of eval.knn_ks, on every dataset."""
-    del dataset
-    return tuple(f"knn{k}_{name}" for k in config.eval.knn_ks for name in ("top1", "top5"))
+def recorded_metrics(settings, config, dataset: str) -> tuple[str, ...]:
+    """knn{k}_top1 and knn{k}_top5 for every k of ks, on every dataset."""
+    del config, dataset
+    return tuple(f"knn{k}_{name}" for k in settings["ks"] for name in ("top1", "top5"))
 
 
-def image_tower(model):
-    """The image tower of a stage's model (a two-tower CLIP / WLS model, or a classifier), which
-    reads the `img` params."""
-    if isinstance(model, two_towers.Model):
-        return model.towers()[0]
-    return vit.Model(**model.img)
+def check(settings, config, name) -> None:
+    """ks are distinct positive integers, report_k is one of them, the representation known."""
+    del config
+    ks = tuple(settings["ks"])
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or len(set(ks)) < len(ks):
+        raise ValueError(f"evals.{name}.ks={ks} must be distinct positive integers, e.g. "
+                         "(10, 20).")
+    if settings["report_k"] not in ks:
+        raise ValueError(f"evals.{name}.report_k={settings['report_k']!r} must be one of its "
+                         f"ks {list(ks)}.")
+    features_lib.check_representation(settings["representation"], f"evals.{name}")
 
 
 class Evaluator:
-    """k-NN accuracy (knn{k}_top1 / top5 for k in eval.knn_ks) of the image features
-    (eval.representation, by default "cls") of a stage's `model` on every eval set of
-    `context.task` (or of `eval_sets`), against the features of its ID training images
-    (`task.train_eval_set`). Features are whole on every process, so every process computes
-    the same k-NN."""
+    """k-NN accuracy (knn{k}_top1 / top5 for each k of ks) of the image features
+    (representation) of a stage's `model` on every eval set of `context.task` (or of
+    `eval_sets`), against the features of its ID training images (`task.train_eval_set`).
+    Features are whole on every process, so every process computes the same k-NN."""
 
-    def __init__(self, context, model, eval_sets=None):
-        self.context = context
+    def __init__(self, context, model, settings, eval_sets=None):
+        self.context, self.settings = context, settings
         self.eval_sets = context.task.eval_sets if eval_sets is None else tuple(eval_sets)
-        tower = image_tower(model)
-        represent = REPRESENTATIONS[context.config.eval.get("representation", "cls")]
-        self.features_fn = jax.jit(lambda params, images: represent(*tower.apply(
-            {"params": params}, images)))
+        self.features_fn = features_lib.image_features_fn(model, settings["representation"])
 
     def run(self, params, *, method, alpha, seed) -> list[dict]:
         """Report records of the `img` part of `params` on every eval set."""
-        config, task = self.context.config, self.context.task
-        read = dict(batch_size=config.eval.batch_size, mesh=self.context.mesh,
-                    worker_count=task.eval_worker_count)
+        task = self.context.task
+        read = features_lib.reading(self.context)
         bank, bank_labels = features_lib.labelled_features(self.features_fn, params["img"],
                                                            task.train_eval_set, **read)
         records = []
@@ -96,13 +89,13 @@ class Evaluator:
             queries, labels = features_lib.labelled_features(self.features_fn, params["img"],
                                                              eval_set, **read)
             accuracy = eval_set_accuracy(bank, bank_labels, queries, labels, eval_set=eval_set,
-                                         ks=tuple(config.eval.knn_ks),
+                                         ks=tuple(self.settings["ks"]),
                                          num_classes=len(task.class_names))
             records += [
                 dict(method=method, alpha=float(alpha), dataset=eval_set.name,
                      metric=f"knn{k}_{name}", seed=seed, value=value, kind=eval_set.kind)
                 for k, values in accuracy.items() for name, value in values.items()]
-        metric = report_metric(config, "id")
+        metric = report_metric(self.settings, "id")
         logging.info("%s of %s at alpha=%g: %s", metric, method, alpha, {
             r["dataset"]: round(r["value"], 4) for r in records if r["metric"] == metric})
         return records
@@ -214,9 +207,10 @@ def _nearest_neighbours(bank, queries, *, k, query_chunk_size):
 def _search(bank, queries, *, k, mesh, rows_per_device, group_size, query_chunk_size):
     """Pads, normalises and shards the bank, searches every device's rows, merges the candidates."""
     num_bank, num_queries = bank.shape[0], queries.shape[0]
-    bank = jnp.pad(_l2_normalised(bank), ((0, rows_per_device * mesh.size - num_bank), (0, 0)))
+    bank = jnp.pad(features_lib.l2_normalised(bank),
+                   ((0, rows_per_device * mesh.size - num_bank), (0, 0)))
     num_chunks = -(-num_queries // query_chunk_size)
-    queries = jnp.pad(_l2_normalised(queries),
+    queries = jnp.pad(features_lib.l2_normalised(queries),
                       ((0, num_chunks * query_chunk_size - num_queries), (0, 0)))
     shard_k = min(k, rows_per_device)
     search_shard = functools.partial(
@@ -254,11 +248,6 @@ def _search_shard(bank_rows, queries, *, num_bank, has_padding, shard_k, group_s
     chunks = queries.reshape(-1, query_chunk_size, dim)
     best_sims, best_rows = lax.map(search_chunk, chunks)
     return best_sims.reshape(-1, shard_k), best_rows.reshape(-1, shard_k)
-
-
-def _l2_normalised(feats):
-    """Rows divided by their L2 norm (a zero row stays zero), as torch's F.normalize in DINO."""
-    return feats / jnp.maximum(jnp.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))

@@ -8,7 +8,9 @@ fitted full-batch by optax's L-BFGS with its zoom line search inside one `lax.wh
 inverse regularisation strength C is a traced argument, so one compiled fit serves a whole
 log-spaced grid; the grid is swept from strong to weak regularisation, each fit warm-started from
 the previous solution, and C is chosen by accuracy on the validation split (never on test).
-The result is the linear head for LP-FT's first stage: logits = feats @ kernel + bias.
+The result is a linear head, logits = feats @ kernel + bias: the `lp` stage's (LP-FT's first
+stage), and the evaluator "linear_probe", which fits one on any stage's frozen features and
+scores every eval set through it.
 """
 import jax
 import jax.numpy as jnp
@@ -16,11 +18,83 @@ import numpy as np
 import optax
 from absl import logging
 
+from wlsft_jax.evals import features as features_lib
 from wlsft_jax.evals.feature_checks import checked_features
 from wlsft_jax.evals.feature_checks import checked_labels
 
 # 10 values from strong (1e-4) to weak (1e2) regularisation, as in benchmarks/linear_probe.py.
-DEFAULT_CS = tuple(np.logspace(-4, 2, 10))
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 10))
+# representation: the features probed (features_lib.REPRESENTATIONS), L2-normalised as the
+# classifier's head and k-NN see them; cs: the grid C is chosen from on the ID validation split;
+# max_iter: L-BFGS steps per C at most.
+SETTINGS = dict(representation="features", cs=DEFAULT_CS, max_iter=1000)
+METRICS = ("probe_top1", "probe_top5")
+
+
+def report_metric(settings, kind: str) -> str:
+    """The probe's top-1, for the ID and the OOD datasets alike."""
+    del settings, kind
+    return METRICS[0]
+
+
+def recorded_metrics(settings, config, dataset: str) -> tuple[str, ...]:
+    """probe_top1 and probe_top5 on every dataset."""
+    del settings, config, dataset
+    return METRICS
+
+
+def check(settings, config, name) -> None:
+    """A known representation, C values > 0, a positive step count."""
+    del config
+    features_lib.check_representation(settings["representation"], f"evals.{name}")
+    check_grid(settings["cs"], settings["max_iter"])
+
+
+class Evaluator:
+    """probe_top1 / probe_top5 of a linear probe on the image features (representation) of a
+    stage's `model`, fitted on its ID training images (`task.train_eval_set`) with C chosen on
+    the ID validation split, on every eval set of `context.task` (or of `eval_sets`); a set
+    with a logits transform (ImageNet-R / -A, ObjectNet) is scored on the transformed logits."""
+
+    def __init__(self, context, model, settings, eval_sets=None):
+        self.context, self.settings = context, settings
+        self.eval_sets = context.task.eval_sets if eval_sets is None else tuple(eval_sets)
+        self.features_fn = features_lib.image_features_fn(model, settings["representation"])
+
+    def run(self, params, *, method, alpha, seed) -> list[dict]:
+        """Report records of the probe on the `img` part of `params`, every eval set."""
+        def features(eval_set):
+            feats, labels = features_lib.labelled_features(
+                self.features_fn, params["img"], eval_set, **features_lib.reading(self.context))
+            return features_lib.l2_normalised(feats), labels
+
+        task = self.context.task
+        kernel, bias, c = fit_linear_probe(
+            *features(task.train_eval_set), *features(task.val_set),
+            num_classes=len(task.class_names), cs=self.settings["cs"],
+            max_iter=self.settings["max_iter"])
+        records = []
+        for eval_set in self.eval_sets:
+            feats, labels = features(eval_set)
+            logits = np.asarray(feats @ kernel + bias)
+            if eval_set.logits_transform is not None:
+                logits = eval_set.logits_transform(logits)
+            best = np.argsort(-logits, axis=1, kind="stable")[:, :5] == labels[:, None]
+            values = {"probe_top1": best[:, 0].mean(), "probe_top5": best.any(axis=1).mean()}
+            records += [dict(method=method, alpha=float(alpha), dataset=eval_set.name,
+                             metric=metric, seed=seed, value=float(value), kind=eval_set.kind)
+                        for metric, value in values.items()]
+        logging.info("probe_top1 of %s at alpha=%g (C=%.3g): %s", method, alpha, c, {
+            r["dataset"]: round(r["value"], 4) for r in records if r["metric"] == METRICS[0]})
+        return records
+
+
+def check_grid(cs, max_iter) -> None:
+    """ValueError for an empty grid, a C that is not a finite value > 0, or a max_iter < 1."""
+    if not cs or not all(np.isfinite(c) and c > 0 for c in cs):
+        raise ValueError(f"cs must be a non-empty sequence of finite values > 0; got {cs}.")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer; got {max_iter}.")
 
 
 def fit_linear_probe(train_feats, train_labels, val_feats, val_labels, *, num_classes: int,
@@ -39,10 +113,7 @@ def fit_linear_probe(train_feats, train_labels, val_feats, val_labels, *, num_cl
     val_labels = checked_labels("val_labels", val_labels, num_rows=val_feats.shape[0],
                                 num_classes=num_classes)
     cs = sorted(DEFAULT_CS if cs is None else cs)
-    if not cs or not all(np.isfinite(c) and c > 0 for c in cs):
-        raise ValueError(f"cs must be a non-empty sequence of finite values > 0; got {cs}.")
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter}.")
+    check_grid(cs, max_iter)
 
     params = {"kernel": jnp.zeros((train_feats.shape[1], num_classes), jnp.float32),
               "bias": jnp.zeros((num_classes,), jnp.float32)}

@@ -18,17 +18,30 @@ from wlsft_jax.data import tasks, templates as templates_lib, wilds
 from wlsft_jax.data.pipeline import MASK_KEY
 
 PREDICTION = "prediction"
+# report_metrics: the metric the report tabulates for the ID ("id") and the OOD datasets ("ood"):
+# top-1, or a task's official metric such as iWildCam's macro-F1 (recipes.REAL_TASKS).
+SETTINGS = dict(report_metrics=dict(id="top1", ood="top1"))
 
 
-def report_metric(config, kind: str) -> str:
-    """The metric the report tabulates for the ID (kind "id") or the OOD datasets ("ood"): top-1,
-    or a task's official metric such as iWildCam's macro-F1 (`eval.report_metrics`)."""
-    return config.eval.report_metrics[kind]
+def report_metric(settings, kind: str) -> str:
+    """settings["report_metrics"][kind]."""
+    return settings["report_metrics"][kind]
 
 
-def recorded_metrics(config, dataset: str) -> tuple[str, ...]:
-    """The metrics this evaluator records for `dataset`."""
+def recorded_metrics(settings, config, dataset: str) -> tuple[str, ...]:
+    """The metrics this evaluator records for `dataset` (top-1, top-5, a task's own)."""
+    del settings
     return tasks.eval_metrics(config.data, dataset)
+
+
+def check(settings, config, name) -> None:
+    """report_metrics names a metric for the ID and for the OOD datasets, and nothing else."""
+    del config
+    metrics = settings["report_metrics"]
+    kinds = (tasks.ID, tasks.OOD)
+    if not hasattr(metrics, "keys") or set(metrics.keys()) != set(kinds):
+        raise ValueError(f"evals.{name}.report_metrics={dict(metrics)} must name a metric for "
+                         f"each of {list(kinds)}, e.g. dict(id='top1', ood='top1').")
 
 
 class Evaluator:
@@ -39,8 +52,8 @@ class Evaluator:
     prediction never move predictions to the host. `eval_sets` narrows the sets (by default all).
     """
 
-    def __init__(self, context, model=None, eval_sets=None):
-        del model  # Every stage is scored as the task's classifier.
+    def __init__(self, context, model=None, settings=None, eval_sets=None):
+        del model, settings  # Every stage is scored as the task's classifier.
         self.context = context
         self.eval_sets = context.task.eval_sets if eval_sets is None else tuple(eval_sets)
         self.counts_fns = {}

@@ -7,8 +7,9 @@ A method module defines:
   are compared with (WiSE-FT's alpha 0). False for fine-tuning: it trains for every seed and is
   then evaluated across alphas.
 - `FROM_SCRATCH`: True if a stage of it may start without weights (its model initialised).
-- `EVALUATOR`: the evaluator (`wlsft_jax.evals`) that scores its stages (and their periodic
-  evaluation, `eval_every`); None for a stand-in that is never scored.
+- `SCORED_BY`: the evaluator types (`wlsft_jax.evals`) that can score its stages (and their
+  periodic evaluation, `eval_every`); every evaluator of a config must be one of them, () for a
+  stand-in that is never scored.
 - `STAGE_KEYS`: the stage config keys that only this method reads.
 - `build(context, name, stage_config) -> _common.Stage`: its `train.TrainSpec` (model, loss,
   data, read from `context`, an `experiment.Context`) and how its starting params are made from

@@ -8,15 +8,22 @@ import jax.numpy as jnp
 
 from wlsft_jax import train
 
+# The evaluator types (wlsft_jax.evals) that score a method's stages (its SCORED_BY): those of
+# image features, and the zero-shot evaluator for a stage that is (or holds) a classifier.
+FEATURE_EVALUATORS = ("knn", "linear_probe")
+ANY_EVALUATOR = ("zero_shot", *FEATURE_EVALUATORS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """A built stage: what the training loop needs; `start(params, seed)`, the stage's starting
     params made from its input params (None: train from scratch); `evaluated(params)`, the part
-    of its params its evaluator scores, in the evaluator's layout (by default all of them)."""
+    of its params the evaluators score, in their layout (by default all of them); `train`, what
+    trains it, with `train.run`'s arguments (by default the training loop itself)."""
     spec: train.TrainSpec
     start: Callable
     evaluated: Callable = lambda params: params
+    train: Callable = train.run
 
 
 def example_inputs(context, stage_config, *, text: bool) -> tuple:

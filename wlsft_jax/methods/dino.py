@@ -26,7 +26,7 @@ from wlsft_jax.models import dino as dino_models
 
 RUNS_ONCE = False
 FROM_SCRATCH = True
-EVALUATOR = "knn"
+SCORED_BY = _common.FEATURE_EVALUATORS  # No classifier head, no text tower.
 STAGE_KEYS = ("settings",)
 # DINO's teacher and output center move by momentum (`momentum_update`), never by the optimizer.
 SCHEDULE = (("teacher/.*", None), ("center", None), ("student/.*", {}))
@@ -179,8 +179,7 @@ def build(context, name, stage_config) -> _common.Stage:
 
 def check_config(config, name) -> None:
     """The settings are known; the schedule freezes the teacher and center and trains the
-    student; a config whose last stage is `dino` sets eval.knn_ks / knn_report_k and none of
-    the classifier / text keys."""
+    student; a config whose last stage is `dino` sets none of the text keys."""
     Settings.of_stage(config[name])
     paths = {"teacher": {"img": 0}, "center": 0, "student": {"img": 0}}
     frozen = optim.frozen_mask(config[name].optim, paths)
@@ -190,14 +189,9 @@ def check_config(config, name) -> None:
                          f"{list(SCHEDULE)}.")
     if config.stages[-1] != name:
         return
-    missing = [f"eval.{key}" for key in ("knn_ks", "knn_report_k") if key not in config.eval]
-    if missing:
-        raise ValueError(f"A config whose last stage is 'dino' needs {missing}; start from "
-                         "recipes.dino_base().")
-    unread = [f"eval.{key}" for key in ("report_metrics", "templates", "representation", "alphas")
-              if key in config.eval]
+    unread = [f"eval.{key}" for key in ("templates", "alphas") if key in config.eval]
     unread += [f"model.{key}" for key in ("txt", "embed_dim") if key in config.model]
     if unread:
-        raise ValueError(f"Config key(s) {unread} are not read by a 'dino' config (it trains and "
-                         "judges an image tower by k-NN); remove them.")
-    checks.knn_ks(config)
+        raise ValueError(f"Config key(s) {unread} are not read by a 'dino' config (it trains an "
+                         "image tower and judges it as trained, with no text tower); remove "
+                         "them.")

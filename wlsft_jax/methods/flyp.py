@@ -7,7 +7,7 @@ from wlsft_jax.methods import _common
 
 FROM_SCRATCH = False
 RUNS_ONCE = False
-EVALUATOR = "zero_shot"
+SCORED_BY = _common.ANY_EVALUATOR
 STAGE_KEYS = ("templates",)
 
 

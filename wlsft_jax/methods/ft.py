@@ -10,7 +10,7 @@ from wlsft_jax.methods import _common
 
 FROM_SCRATCH = True
 RUNS_ONCE = False
-EVALUATOR = "zero_shot"
+SCORED_BY = _common.ANY_EVALUATOR
 STAGE_KEYS = ()
 
 
@@ -24,6 +24,12 @@ def build(context, name, stage_config) -> _common.Stage:
         train_operations=[*task.train_operations, transforms.SelectKeys(("image", "label"))],
         worker_count=context.config.data.worker_count)
 
+    return _common.Stage(spec, classifier_start(spec, context))
+
+
+def classifier_start(spec: train.TrainSpec, context):
+    """A `start` that makes a classifier of its input: a CLIP's image tower with its zero-shot
+    head, a classifier as it is, fresh params for none."""
     fresh_or_given = _common.fresh_or_given(spec, context.mesh)
 
     def start(params, seed):
@@ -31,4 +37,4 @@ def build(context, name, stage_config) -> _common.Stage:
             return zero_shot.as_classifier(params, context.head_fn)
         return fresh_or_given(params, seed)
 
-    return _common.Stage(spec, start)
+    return start

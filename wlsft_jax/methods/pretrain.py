@@ -7,7 +7,7 @@ from wlsft_jax.methods import _common
 
 FROM_SCRATCH = True
 RUNS_ONCE = True
-EVALUATOR = "zero_shot"  # Its periodic evaluation; the run reports it as ZERO_SHOT.
+SCORED_BY = _common.ANY_EVALUATOR  # Periodically; the run reports it as ZERO_SHOT.
 STAGE_KEYS = ()
 
 

@@ -9,7 +9,7 @@ from wlsft_jax.methods import _common
 
 FROM_SCRATCH = True
 RUNS_ONCE = True
-EVALUATOR = None
+SCORED_BY = ()  # A stand-in, never scored.
 STAGE_KEYS = ("label_key",)
 FEEDS = "wls"  # The stand-in vision encoder: a config with it has a `wls` stage.
 

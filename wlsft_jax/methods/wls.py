@@ -23,19 +23,18 @@ from absl import logging
 from wlsft_jax import checks, convert, objectives, optim, sharding, train
 from wlsft_jax.context import module_fields
 from wlsft_jax.data import captions, pipeline, transforms
-from wlsft_jax.evals import features as features_lib, knn
+from wlsft_jax.evals import features as features_lib
 from wlsft_jax.methods import _common
 from wlsft_jax.models import adapters, two_towers, wls
 
 FROM_SCRATCH = False
 RUNS_ONCE = False
-EVALUATOR = "knn"
+SCORED_BY = _common.FEATURE_EVALUATORS  # No zero-shot head is built.
 STAGE_KEYS = ("adapter",)
 # The adapters and the image projection train; the encoders (and temperature) stay frozen.
 SCHEDULE = ((r"img/.*/(film|replay|lora)/.*", {}), ("img/proj/.*", {}), (".*", None))
-# Keys only weak language supervision reads: its text encoder, its evaluation settings and its
-# caption dataset (name, where it is, how many pairs: None for the number in its name).
-EVAL_KEYS = ("knn_ks", "knn_report_k", "representation")
+# Keys only weak language supervision reads: its text encoder and its caption dataset (name,
+# where it is, how many pairs: None for the number in its name).
 CAPTION_KEYS = ("captions", "captions_path", "caption_pairs")
 CONFIG_KEYS = ("text_encoder", *(f"data.{key}" for key in CAPTION_KEYS))
 TEXT_ENCODER_FORMATS = ("hf_bert",)
@@ -165,7 +164,6 @@ def check_config(config, name) -> None:
                          f"have {wls_stages}.")
     missing = [key for key, present in (
         ("text_encoder", "text_encoder" in config),
-        *((f"eval.{key}", key in config.eval) for key in EVAL_KEYS),
         *((f"data.{key}", key in config.data) for key in CAPTION_KEYS))
         if not present]
     if missing:
@@ -179,8 +177,6 @@ def check_config(config, name) -> None:
     if config.tokenizer.kind != "hf_json":
         raise ValueError(f"tokenizer.kind={config.tokenizer.kind!r}: the WLS text encoder reads "
                          "its own tokenizer.json; set tokenizer.kind='hf_json'.")
-    checks.choice(config.eval.representation, tuple(knn.REPRESENTATIONS), "eval.representation")
-    checks.knn_ks(config)
     if config.data.captions is not None:
         checks.choice(config.data.captions, tuple(captions.CAPTION_DATASETS), "data.captions")
     else:
