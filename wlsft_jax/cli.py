@@ -16,10 +16,11 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags  # noqa: E402 (after the environment)
 from etils import epath  # noqa: E402
 
-from wlsft_jax import workdir  # noqa: E402
+from wlsft_jax import storage, workdir  # noqa: E402
 
 USAGE_ERROR_STATUS = 2
-USER_ERRORS = (ValueError, FileNotFoundError, workdir.WorkdirBusyError)
+# ConnectionError: a gs:// endpoint that does not answer (`storage.check_bucket`).
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, workdir.WorkdirBusyError)
 _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "On an error, show the full traceback (also WLSFT_TRACEBACK=1).")
 
@@ -39,6 +40,7 @@ def _wants_traceback(argv=()) -> bool:
 
 def _with_clean_errors(main, exit_):
     def wrapped(argv):
+        storage.setup()  # Before any gs:// access of any command line.
         try:
             return main(argv)
         except USER_ERRORS as error:

@@ -13,7 +13,7 @@ import json
 import jax
 from etils import epath
 
-from wlsft_jax import records as records_lib
+from wlsft_jax import records as records_lib, storage
 
 RESULTS = "results.json"
 FAILURES = "failures.json"
@@ -25,12 +25,19 @@ def cell_key(record) -> tuple[str, float, str, int]:
 
 
 def write_json(path: epath.Path, value) -> None:
-    """`value` as JSON at `path`, through a temporary file (process 0 only)."""
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(value, indent=1))
-        temporary.replace(path)
+    """`value` as JSON at `path`, whole or not at all (process 0 only): through a temporary
+    file on a disk; directly on gs://, where an object upload is already atomic (and a rename
+    is a copy)."""
+    if jax.process_index() != 0:
+        return
+    text = json.dumps(value, indent=1)
+    if storage.is_remote(path):
+        path.write_text(text)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 class Ledger:

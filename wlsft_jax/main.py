@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging as python_logging
 import os
 
-from wlsft_jax import cli, workdir as workdir_lib  # cli first: it quiets TensorFlow.
+from wlsft_jax import cli, storage, workdir as workdir_lib  # cli first: it quiets TensorFlow.
 
 from absl import app, flags, logging  # noqa: E402, I100
 from etils import epath  # noqa: E402
@@ -83,18 +83,18 @@ def main(argv):
     config = CONFIG.value
     mesh = prepare(config)
     import jax
-    from clu import metric_writers
 
     from wlsft_jax import experiment
 
     workdir = epath.Path(WORKDIR.value
                          or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"])))
     is_main_process = jax.process_index() == 0
+    storage.check_bucket(workdir, "use the workdir")  # One clear error, not retries.
     is_new = not workdir.exists()
     try:
         with workdir_lib.claim(workdir, config, is_main_process=is_main_process):
-            writer = metric_writers.create_default_writer(
-                os.fspath(workdir / "tensorboard"), just_logging=not is_main_process)
+            writer = storage.create_writer(workdir / "tensorboard",
+                                           just_logging=not is_main_process)
             logging.info("Workdir %s; mesh %s over %d devices.", workdir, dict(mesh.shape),
                          jax.device_count())
             records = experiment.run(config, workdir=workdir, mesh=mesh, writer=writer)

@@ -22,7 +22,8 @@ from absl import logging
 from etils import epath
 from ml_collections.config_flags import config_path
 
-from wlsft_jax import checks, evals, experiment, methods, train, workdir as workdir_lib
+from wlsft_jax import (checks, evals, experiment, methods, storage, train,
+                       workdir as workdir_lib)
 from wlsft_jax.data import tasks
 
 RESULT = "tuning.json"
@@ -97,8 +98,6 @@ def point_config(config, stage: str, point: dict, chosen: dict[str, dict]):
 def run(config, grid, *, workdir: epath.Path, mesh) -> dict:
     """Trains every point of `grid` (from `parse_grid`) and chooses each stage's best on the
     validation set; returns (and writes) {stage: {"points": [...], "chosen": point}}."""
-    from clu import metric_writers
-
     val_key = f"{tasks.VAL}/{config.data.id_domain}"
     result = {}
     chosen = {}
@@ -110,7 +109,7 @@ def run(config, grid, *, workdir: epath.Path, mesh) -> dict:
             tuned = point_config(config, stage, point, chosen)
             point_dir = workdir / stage / point_name(point)
             with workdir_lib.claim(point_dir, tuned):
-                writer = metric_writers.create_default_writer(os.fspath(point_dir / "tensorboard"))
+                writer = storage.create_writer(point_dir / "tensorboard")
                 logging.info("Tuning %s at %s.", stage, point_name(point))
                 experiment.run(tuned, workdir=point_dir, mesh=mesh, writer=writer,
                                evaluate=False)

@@ -1,11 +1,12 @@
 """A workdir belongs to one run and one config.
 
 `claim(workdir, config)` (a context manager) is what `main` does before any work:
-  - **Lock.** It creates `<workdir>/LOCK` if absent (atomically on a local disk) holding the
-    holder's host, pid and start time; a second run on a busy workdir stops with
-    `WorkdirBusyError` naming the holder. A lock left by a dead process on this host is taken
-    over with a warning; one from another host is only named (this host cannot tell whether it
-    lives), with the command that removes it. The lock is released on exit.
+  - **Lock.** It creates `<workdir>/LOCK` if absent (atomically: O_EXCL on a local disk, an
+    upload with a does-not-exist precondition on gs://) holding the holder's host, pid and
+    start time; a second run on a busy workdir stops with `WorkdirBusyError` naming the holder.
+    A lock left by a dead process on this host is taken over with a warning; one from another
+    host is only named (this host cannot tell whether it lives), with the command that removes
+    it. The lock is released on exit. On gs:// the bucket is checked first (`storage`).
   - **Config drift.** `config.json` records the config the workdir was made with and is never
     overwritten: a rerun whose config differs in any key that changes results stops with
     `ConfigDriftError` listing the keys (`OUTCOME_NEUTRAL_KEYS` may differ: logging and
@@ -25,6 +26,8 @@ import sys
 
 from absl import logging
 from etils import epath
+
+from wlsft_jax import storage
 
 LOCK = "LOCK"
 CONFIG = "config.json"
@@ -60,13 +63,10 @@ def _is_alive(pid: int) -> bool:
 
 
 def _create_exclusive(path: epath.Path, text: str) -> bool:
-    """Creates `path` with `text` unless it exists; False if it did. Atomic on a local disk
-    (O_EXCL); elsewhere (gs://) a check then write, so two starts in the same instant may race."""
-    if "://" in os.fspath(path):
-        if path.exists():
-            return False
-        path.write_text(text)
-        return True
+    """Creates `path` with `text` unless it exists; False if it did. Atomic: of two starts in
+    the same instant, one creates it (O_EXCL locally, a precondition on gs://)."""
+    if storage.is_remote(path):
+        return storage.create_exclusive(path, text)
     try:
         descriptor = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -92,10 +92,11 @@ def acquire_lock(workdir: epath.Path) -> dict:
                             path, other.get("pid"), other.get("started"))
             path.unlink(missing_ok=True)
             continue
+        remove = "gcloud storage rm" if storage.is_remote(path) else "rm"
         raise WorkdirBusyError(
             f"{workdir} is in use by process {other.get('pid')} on host {other.get('host')} "
             f"(started {other.get('started')}); wait for it, use another --workdir, or, if that "
-            f"run is gone, remove the lock: rm {path}")
+            f"run is gone, remove the lock: {remove} {path}")
     raise WorkdirBusyError(f"Could not take {path}: it keeps changing; is another run starting?")
 
 
@@ -135,8 +136,7 @@ def record_config(workdir: epath.Path, config) -> None:
     else:
         path.write_text(json.dumps(current, indent=2))
     entry = dict(_holder(), argv=sys.argv, config=current)
-    with (workdir / HISTORY).open("a") as file:
-        file.write(json.dumps(entry) + "\n")
+    storage.append_text(workdir / HISTORY, json.dumps(entry) + "\n")
 
 
 @contextlib.contextmanager
@@ -146,6 +146,7 @@ def claim(workdir: epath.Path, config, *, is_main_process: bool = True):
     if not is_main_process:
         yield
         return
+    storage.check_bucket(workdir, "lock the workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     holder = acquire_lock(workdir)
     try:

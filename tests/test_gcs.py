@@ -1,0 +1,362 @@
+"""gs:// workdirs against a real GCS API (#17): a fake-gcs-server per test (`gcs_bucket` in
+conftest), checked through the emulator's JSON API rather than through the code under test."""
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from helpers import REPO, flat, load, random_params, run_main_in_process, write_small_clip_files
+from test_sweep import CONFIG as SWEEP_CONFIG, DATASETS, TINY as SWEEP_TINY, runs  # noqa: F401
+from wlsft_jax import (checkpoint, context as context_lib, convert, recipes, sharding, storage,
+                       sweep, workdir as workdir_lib)
+from wlsft_jax.models import two_towers, vit
+
+
+def _state(value):
+    return {"params": {"w": jnp.full((4, 3), value, jnp.float32)}, "step": jnp.int32(value)}
+
+
+def test_a_checkpoint_on_a_bucket_restores_and_a_step_without_its_commit_file_is_not_one(
+        gcs_bucket):
+    directory = f"{gcs_bucket.url}/run/ft"
+    with checkpoint.Checkpointer(directory) as manager:
+        for step in (1, 2):
+            manager.save(step, _state(step), metadata={"stage": "ft"}, force=True)
+    objects = gcs_bucket.objects("run/ft/")
+    assert {"run/ft/1/commit_success.txt", "run/ft/2/commit_success.txt",
+            "run/ft/2/state/manifest.ocdbt", "run/ft/2/metadata/metadata"} <= set(objects)
+    assert any(name.startswith("run/ft/2/state/ocdbt.process_0/d/") for name in objects)
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            _state(0))
+    with checkpoint.Checkpointer(directory) as manager:
+        assert manager.all_steps() == [1, 2]
+        restored = manager.restore(2, abstract)
+        assert manager.metadata(2) == {"stage": "ft"}
+    np.testing.assert_array_equal(restored["params"]["w"], np.full((4, 3), 2.0))
+    assert int(restored["step"]) == 2
+
+    # A save cut short leaves the step's objects without its commit file, written last.
+    gcs_bucket.delete("run/ft/2/commit_success.txt")
+    with checkpoint.Checkpointer(directory) as manager:
+        assert manager.all_steps() == [1]
+
+
+def test_a_second_claim_of_a_workdir_on_a_bucket_is_refused_and_the_lock_is_an_object(
+        gcs_bucket):
+    workdir = epath.Path(f"{gcs_bucket.url}/run")
+    holder = workdir_lib.acquire_lock(workdir)
+    assert json.loads(gcs_bucket.read("run/LOCK")) == holder
+    with pytest.raises(workdir_lib.WorkdirBusyError,
+                       match=rf"in use by process {os.getpid()} on host {socket.gethostname()}"
+                             rf".*gcloud storage rm {gcs_bucket.url}/run/LOCK"):
+        workdir_lib.acquire_lock(workdir)
+    workdir_lib.release_lock(workdir, holder)
+    assert "run/LOCK" not in gcs_bucket.objects("run/")
+
+
+def test_of_concurrent_creates_of_one_object_exactly_one_succeeds(gcs_bucket):
+    """The lock is one upload with a does-not-exist precondition, not a check then a write:
+    eight threads let go at once, one wins and the object holds its text."""
+    path = epath.Path(f"{gcs_bucket.url}/run/LOCK")
+    start, won = threading.Barrier(8), []
+
+    def create(index):
+        start.wait()
+        if storage.create_exclusive(path, f"thread {index}"):
+            won.append(index)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1, won
+    assert gcs_bucket.read("run/LOCK") == f"thread {won[0]}".encode()
+
+
+def test_every_start_on_a_bucket_joins_the_config_history(gcs_bucket):
+    """GCS objects cannot be appended to (gcsfs would silently overwrite on open("a"))."""
+    workdir = epath.Path(f"{gcs_bucket.url}/run")
+    config = recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=10))
+    for log_every in (1, 2):
+        config.ft.log_every = log_every
+        with workdir_lib.claim(workdir, config):
+            pass
+    history = gcs_bucket.read("run/config_history.jsonl").decode().splitlines()
+    assert [json.loads(line)["config"]["ft"]["log_every"] for line in history] == [1, 2]
+    assert {"run/config.json", "run/config_history.jsonl"} == set(gcs_bucket.objects("run/"))
+
+
+def test_tensorboard_events_on_a_bucket_are_uploaded_on_flush_and_while_scalars_come(
+        gcs_bucket, monkeypatch):
+    writer = storage.create_writer(epath.Path(f"{gcs_bucket.url}/run/tensorboard"))
+    writer.write_scalars(1, {"ft/loss": 0.5})
+    writer.flush()
+    (name,) = gcs_bucket.objects("run/tensorboard/")
+    assert os.path.basename(name).startswith("events.out.tfevents")
+    assert b"ft/loss" in gcs_bucket.read(name)
+    monkeypatch.setattr(storage, "UPLOAD_EVENTS_EVERY_SECONDS", 0.0)
+    writer.write_scalars(2, {"ft/accuracy": 0.75})
+    writer.flush()  # Only waits for the background write: the upload came with the scalars.
+    assert b"ft/accuracy" in gcs_bucket.read(name)
+    writer.close()
+
+
+def test_a_missing_bucket_or_a_stopped_emulator_is_one_error_naming_bucket_and_endpoint(
+        gcs_bucket):
+    config = recipes.base(stages=("ft",), ft=recipes.stage("ft", steps=10))
+    with pytest.raises(FileNotFoundError,
+                       match=rf"Cannot lock the workdir: bucket gs://no-such-bucket does not "
+                             rf"exist at {gcs_bucket.endpoint} \(from STORAGE_EMULATOR_HOST\)"):
+        with workdir_lib.claim(epath.Path("gs://no-such-bucket/run"), config):
+            pass
+    gcs_bucket.server.kill()
+    gcs_bucket.server.wait()
+    with pytest.raises(ConnectionError,
+                       match=rf"Cannot lock the workdir on gs://wlsft-test: nothing answers at "
+                             rf"{gcs_bucket.endpoint}.*; start the emulator there, or "
+                             r"unset STORAGE_EMULATOR_HOST"):
+        with workdir_lib.claim(epath.Path(f"{gcs_bucket.url}/run"), config):
+            pass
+
+
+def _committed_steps(bucket, prefix):
+    """Steps under `prefix` whose orbax commit file (the step's own, written last) exists."""
+    return sorted(int(match.group(1)) for name in bucket.objects(prefix)
+                  if (match := re.fullmatch(re.escape(prefix) + r"(\d+)/commit_success\.txt",
+                                            name)))
+
+
+def test_a_main_job_on_a_missing_bucket_stops_before_any_work_with_one_line(gcs_bucket):
+    result = subprocess.run(
+        [sys.executable, "-m", "wlsft_jax.main", "--config=configs/flyp_clip.py",
+         "--workdir=gs://no-such-bucket/run"], cwd=REPO, capture_output=True, text=True,
+        timeout=300, env=dict(os.environ, PYTHONPATH=REPO, WLSFT_TRACEBACK=""))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (f"wlsft_jax.main: error: Cannot use the workdir: bucket gs://no-such-bucket does not "
+            f"exist at {gcs_bucket.endpoint}") in result.stderr
+    assert gcs_bucket.objects() == {}
+
+
+TINY_FLYP = ["--config.flyp.steps=2", "--config.flyp.batch_size=16", "--config.flyp.log_every=1",
+             "--config.flyp.optim.warmup_steps=1", "--config.data.image_size=16",
+             "--config.data.train_examples_per_domain=32",
+             "--config.data.eval_examples_per_domain=16", "--config.data.worker_count=0",
+             "--config.data.ood_domains=('sketch',)", "--config.eval.alphas=(0.0,1.0)",
+             "--config.eval.batch_size=16"]
+
+
+@pytest.mark.slow
+def test_the_main_job_on_a_bucket_writes_its_checkpoints_report_and_events_there(
+        gcs_bucket, monkeypatch):
+    run_main_in_process(["main", f"--config={os.path.join(REPO, 'configs', 'flyp_clip.py')}",
+                         f"--workdir={gcs_bucket.url}/run", *TINY_FLYP], monkeypatch)
+    objects = gcs_bucket.objects("run/")
+    assert {"run/config.json", "run/config_history.jsonl", "run/flyp/2/commit_success.txt",
+            "run/flyp/parameters.txt", "run/report/results.json", "run/report/report.md",
+            "run/report/results.csv", "run/report/id_vs_ood.png",
+            "run/tokenizer/tokenizer.json"} <= set(objects), sorted(objects)
+    assert "run/LOCK" not in objects
+    (events,) = [name for name in objects if name.startswith("run/tensorboard/events.out")]
+    assert b"flyp/loss" in gcs_bucket.read(events) and b"report/flyp" in gcs_bucket.read(events)
+    records = json.loads(gcs_bucket.read("run/report/results.json"))
+    assert {(r["method"], r["alpha"]) for r in records} >= {("flyp", 0.0), ("flyp", 1.0)}
+
+
+@pytest.mark.slow
+def test_a_main_job_on_a_bucket_killed_by_sigkill_resumes_from_its_last_commit(gcs_bucket):
+    """Killed as soon as a checkpoint is committed; the same command takes over the dead run's
+    lock and resumes from the newest committed step."""
+    args = [sys.executable, "-m", "wlsft_jax.main", "--config=configs/flyp_clip.py",
+            f"--workdir={gcs_bucket.url}/run", *TINY_FLYP, "--config.flyp.steps=16",
+            "--config.flyp.checkpoint_every=2"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    with open(os.devnull, "w") as devnull:
+        first = subprocess.Popen(args, cwd=REPO, env=env, stdout=devnull, stderr=devnull)
+    try:
+        deadline = time.time() + 300
+        while not _committed_steps(gcs_bucket, "run/flyp/"):
+            assert first.poll() is None and time.time() < deadline, "no checkpoint in 300 s"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    committed = _committed_steps(gcs_bucket, "run/flyp/")
+    assert committed[-1] < 16, "the run ended before it could be killed"
+    assert "run/LOCK" in gcs_bucket.objects("run/")
+
+    second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Taking over {gcs_bucket.url}/run/LOCK left by process {first.pid}" in second.stderr
+    resumed = re.search(r"\[flyp\] resumed from step (\d+)", second.stderr)
+    assert resumed and int(resumed.group(1)) == committed[-1], second.stderr[-3000:]
+    objects = gcs_bucket.objects("run/")
+    assert "run/flyp/16/commit_success.txt" in objects and "run/report/report.md" in objects
+    assert "run/LOCK" not in objects
+
+
+def _upload(local, remote):
+    """Copies every file under the local folder `local` to the gs:// folder `remote`, object by
+    object (as `gcloud storage cp -r` would)."""
+    local = pathlib.Path(local)
+    for file in sorted(local.rglob("*")):
+        if file.is_file():
+            (epath.Path(remote) / file.relative_to(local).as_posix()).write_bytes(
+                file.read_bytes())
+
+
+def _sweep_cells(bucket, name):
+    """(method, alpha, dataset) of the records in the bucket's results.json `name`, if any."""
+    if name not in bucket.objects(name):
+        return set()
+    return {(r["method"], r["alpha"], r["dataset"]) for r in json.loads(bucket.read(name))}
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_glob_on_a_bucket_killed_half_way_completes_only_the_missing_cells(
+        runs, gcs_bucket, tmp_path):  # noqa: F811 (runs: test_sweep's fixture)
+    """launch/sweep.py over gs://.../runs/*/f* into gs://.../sweep, killed after 2 of its 8
+    cells; the rerun evaluates the other cells only, and the results and the report are in the
+    bucket, with the values a local sweep of the same checkpoints gives."""
+    for name, remote in (("pretrain", "pretrain"), ("flyp", "runs/a/flyp"), ("ft", "runs/b/ft")):
+        _upload(runs / name, f"{gcs_bucket.url}/{remote}")
+    checkpoints, out = f"{gcs_bucket.url}/runs/*/f*", f"{gcs_bucket.url}/sweep"
+    alphas, pretrained = (0.0, 1.0), f"{gcs_bucket.url}/pretrain"
+    every_cell = {(method, alpha, dataset) for method in ("flyp", "ft") for alpha in alphas
+                  for dataset in DATASETS}
+    argv = [f"--config={SWEEP_CONFIG}", *SWEEP_TINY, f"--checkpoints={checkpoints}",
+            "--alphas=0,1", f"--datasets={','.join(DATASETS)}", f"--pretrained={pretrained}",
+            f"--out={out}"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:  # test_sweep.py as a script: each cell slowed by 2 s.
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "test_sweep.py"), "2.0", *argv],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 300
+        while len(_sweep_cells(gcs_bucket, "sweep/results.json")) < 2:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "fewer than 2 cells within 300 s"
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait()
+    before = _sweep_cells(gcs_bucket, "sweep/results.json")
+    assert 2 <= len(before) < 8, before
+    assert "sweep/report/report.md" not in gcs_bucket.objects("sweep/")
+
+    def run_sweep(checkpoints, pretrained, out):
+        plan = sweep.plan(load(SWEEP_CONFIG, *SWEEP_TINY), checkpoints=checkpoints,
+                          alphas=alphas, datasets=DATASETS, pretrained=pretrained)
+        mesh = sharding.make_mesh(**plan.config.mesh)
+        with jax.set_mesh(mesh):
+            return sweep.run(plan, out=out, mesh=mesh)
+
+    outcome = run_sweep([checkpoints], pretrained, out)
+    assert {(c.method, c.alpha, c.dataset) for c in outcome.evaluated} == every_cell - before
+    assert outcome.failures == []
+    objects = gcs_bucket.objects("sweep/")
+    assert {"sweep/results.json", "sweep/failures.json", "sweep/checkpoints.json",
+            "sweep/config.json", "sweep/report/report.md", "sweep/report/results.csv",
+            "sweep/report/id_vs_ood.png", "sweep/report/top1_vs_alpha.png"} <= set(objects), (
+        sorted(objects))
+    assert json.loads(gcs_bucket.read("sweep/failures.json")) == []
+    assert json.loads(gcs_bucket.read("sweep/checkpoints.json")) == {
+        f"{gcs_bucket.url}/runs/a/flyp": "flyp", f"{gcs_bucket.url}/runs/b/ft": "ft"}
+    assert b"| flyp | 1 |" in gcs_bucket.read("sweep/report/report.md")
+    records = json.loads(gcs_bucket.read("sweep/results.json"))
+    assert _sweep_cells(gcs_bucket, "sweep/results.json") == every_cell
+
+    local = run_sweep([str(runs / "flyp"), str(runs / "ft")], str(runs / "pretrain"),
+                      tmp_path / "local")
+    values = lambda records: {(r["method"], r["alpha"], r["dataset"], r["metric"]): r["value"]
+                              for r in records}
+    assert len(local.evaluated) == 8
+    assert values(records) == values(json.loads((tmp_path / "local" / "results.json").read_text()))
+
+
+def _as_numpy(params):
+    return {name: np.asarray(value) for name, value in flat(params).items()}
+
+
+def test_init_path_on_a_bucket_reads_a_hugging_face_clip_as_its_local_copy(gcs_bucket, tmp_path):
+    """init.format=hf_clip with init.path=gs://...: the weights (config.json and
+    model.safetensors) and the CLIP BPE beside them (vocab.json, merges.txt) are read from the
+    bucket and give what the local copy gives."""
+    local = tmp_path / "clip"
+    local.mkdir()
+    vocab_json, _ = write_small_clip_files(local)
+    vocab_size = len(json.loads(vocab_json.read_text()))
+    model = two_towers.Model(
+        image=dict(variant=None, width=32, depth=1, mlp_dim=48, num_heads=2, patch_size=8,
+                   image_size=16, ln_pre=True, patch_bias=False, act="quick_gelu"),
+        text=dict(variant=None, width=32, depth=1, mlp_dim=48, num_heads=2,
+                  vocab_size=vocab_size, context_length=16, eot_id=vocab_size - 1,
+                  act="quick_gelu"),
+        out_dim=16)
+    params = random_params(model, jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16), jnp.int32))
+    convert.to_hf_clip(model, params, str(local))
+    _upload(local, f"{gcs_bucket.url}/clip")
+    assert set(gcs_bucket.objects("clip/")) == {"clip/config.json", "clip/model.safetensors",
+                                                "clip/vocab.json", "clip/merges.txt"}
+    assert gcs_bucket.read("clip/model.safetensors") == (local / "model.safetensors").read_bytes()
+
+    loaded = {}
+    for where in (str(local), f"{gcs_bucket.url}/clip"):
+        config = load(SWEEP_CONFIG, "--config.init.format=hf_clip", f"--config.init.path={where}",
+                      "--config.init.name=", "--config.tokenizer.kind=clip_bpe",
+                      "--config.tokenizer.context_length=16", "--config.data.image_size=16")
+        tokenizer = context_lib.build_tokenizer(config, epath.Path(tmp_path / "unused"))
+        models, initial = context_lib.initial_weights(config, tokenizer, num_classes=3)
+        loaded[where] = (tokenizer.encode(["a photo of the cat"]), models, _as_numpy(initial))
+    (local_tokens, local_models, local_params), (tokens, models, remote_params) = (
+        loaded.values())
+    np.testing.assert_array_equal(tokens, local_tokens)
+    assert models == local_models
+    assert remote_params.keys() == local_params.keys() == _as_numpy(params).keys()
+    for name, value in remote_params.items():
+        np.testing.assert_array_equal(value, local_params[name], err_msg=name)
+        np.testing.assert_allclose(value, _as_numpy(params)[name], atol=1e-7, err_msg=name)
+
+
+def test_init_path_on_a_bucket_reads_a_big_vision_npz_as_its_local_copy(gcs_bucket, tmp_path):
+    """init.format=big_vision with init.path=gs://.../vit.npz: the image tower (its head
+    dropped) equals the local copy's and the weights written."""
+    model = vit.Model(variant=None, width=32, depth=2, mlp_dim=48, num_heads=2, patch_size=4,
+                      image_size=16, num_classes=5, act="gelu_tanh")
+    params = random_params(model, jnp.zeros((1, 16, 16, 3)))
+    (tmp_path / "big_vision").mkdir()
+    local = tmp_path / "big_vision" / "vit.npz"
+    convert.to_big_vision_npz(params, str(local))
+    _upload(local.parent, f"{gcs_bucket.url}/big_vision")
+    assert gcs_bucket.read("big_vision/vit.npz") == local.read_bytes()
+
+    loaded = {}
+    for where in (str(local), f"{gcs_bucket.url}/big_vision/vit.npz"):
+        config = load(SWEEP_CONFIG, "--config.init.format=big_vision",
+                      f"--config.init.path={where}", "--config.init.name=",
+                      "--config.data.image_size=16")
+        models, initial = context_lib.initial_weights(config, None, num_classes=3)
+        loaded[where] = (models, _as_numpy(initial))
+    (local_models, local_params), (models, remote_params) = loaded.values()
+    assert models == local_models and set(models) == {"classifier"}
+    written = {f"img/{name}": value for name, value in _as_numpy(params).items()
+               if not name.startswith("head/")}
+    assert remote_params.keys() == local_params.keys() == written.keys()
+    for name, value in remote_params.items():
+        np.testing.assert_array_equal(value, local_params[name], err_msg=name)
+        np.testing.assert_array_equal(value, written[name], err_msg=name)

@@ -1,0 +1,190 @@
+"""gs:// paths, with one switch for every client: STORAGE_EMULATOR_HOST.
+
+Without it, `gs://bucket/...` is Google Cloud Storage, reached with the machine's default
+credentials (`gcloud auth application-default login`, or the VM's service account). With it
+(e.g. `http://127.0.0.1:4443`, a fake-gcs-server), every gs:// access goes to that endpoint.
+`setup()` points each client of the program at the same place; call it before the first gs://
+access (`main.prepare` does; so does the tests' emulator fixture):
+
+  - epath (workdir, config, reports, ledgers, orbax's directories and small files): gcsfs, the
+    maintained fsspec GCS client, which honours STORAGE_EMULATOR_HOST. etils would otherwise use
+    TensorFlow's gfile whenever TensorFlow is installed (it is: clu and tfds need it), and TF's
+    GCS client has its endpoints compiled in (TF 2.21 reads no emulator variable, only GCS_*
+    tuning knobs), so it could never be tested against an emulator.
+  - tensorstore (orbax's arrays): TENSORSTORE_GCS_HTTP_URL.
+  - TensorBoard events: clu writes them through TensorFlow's file system, so on gs:// they are
+    written to a local folder and copied to the bucket (`create_writer`).
+
+What is atomic on gs://: each object is written whole or not at all; the workdir LOCK is created
+only if absent (an upload with the precondition ifGenerationMatch=0, `create_exclusive`); an
+orbax step counts once its commit_success.txt, written last, exists. A folder's rename (a
+checkpoint set aside) moves object by object, so a crash midway splits it; appending to a file
+is a read and a rewrite (`append_text`). gcsfs caches no listings here (`setup`), so a file
+that another process or host wrote is seen at once.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import urllib.parse
+
+from etils import epath
+
+EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
+GCS_ENDPOINT = "https://storage.googleapis.com"
+# While a stage trains, its TensorBoard events reach the bucket at least this often.
+UPLOAD_EVENTS_EVERY_SECONDS = 60.0
+
+
+def is_remote(path: epath.PathLike) -> bool:
+    """Whether `path` is a URL (gs://...) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def endpoint() -> str:
+    """The URL that gs:// requests go to: the emulator's when STORAGE_EMULATOR_HOST is set."""
+    host = os.environ.get(EMULATOR_HOST, "")
+    if not host:
+        return GCS_ENDPOINT
+    return host if "://" in host else f"http://{host}"
+
+
+def setup() -> None:
+    """Points every gs:// client of this process (and of the processes it starts) at
+    `endpoint()` (the module docstring). Idempotent."""
+    import fsspec
+
+    os.environ["EPATH_USE_TF"] = "false"  # etils: gs:// through gcsfs, not TensorFlow's gfile.
+    # etils reads that variable once, at the first path of any kind (a local one included), and
+    # keeps its answer: forget it, so a path made before this call does not pin gfile.
+    from etils.epath import gpath
+
+    if hasattr(gpath, "_is_tf_installed"):
+        gpath._is_tf_installed.cache_clear()
+    # gcsfs would answer `exists` from directory listings it made earlier, never expired: a
+    # file that another process (host) wrote or removed since would be missed.
+    gcsfs_options = dict(fsspec.config.conf.get("gcs", {}), use_listings_cache=False)
+    fsspec.config.conf["gcs"] = gcsfs_options
+    if not os.environ.get(EMULATOR_HOST):
+        return
+    os.environ["TENSORSTORE_GCS_HTTP_URL"] = endpoint()
+    # The emulator checks no credentials: tensorstore gets a fixed token instead of searching
+    # for some (and logging an error when it finds none); gcsfs connects anonymously.
+    os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "emulator"
+    gcsfs_options["token"] = "anon"
+    # gcsfs >= 2026 asks the Storage Control API (gRPC) for each bucket's layout, which an
+    # emulator does not serve: each operation would log a warning and wait. Read on import.
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+
+def _filesystem(path: epath.PathLike):
+    """The gcsfs instance that epath uses for `path` (one session, one set of credentials)."""
+    from etils.epath import backend
+
+    return backend.fsspec_backend.fs(path)
+
+
+def bucket_of(path: epath.PathLike) -> str:
+    """'bucket' of gs://bucket/some/path."""
+    return urllib.parse.urlparse(os.fspath(path)).netloc
+
+
+def check_bucket(path: epath.PathLike, operation: str) -> None:
+    """Raises an error naming the bucket, the endpoint and `operation` (e.g. "lock the workdir")
+    when the bucket of a gs:// `path` cannot be reached or does not exist (a local path passes).
+    Checked before the first request, as gcsfs retries an unreachable endpoint for about half a
+    minute per request."""
+    if not is_remote(path):
+        return
+    bucket, url, emulated = bucket_of(path), endpoint(), bool(os.environ.get(EMULATOR_HOST))
+    where = f"{url} (from {EMULATOR_HOST})" if emulated else url
+    parsed = urllib.parse.urlparse(url)
+    try:
+        socket.create_connection(
+            (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+            timeout=10).close()
+    except OSError as error:
+        remedy = (f"start the emulator there, or unset {EMULATOR_HOST} to use Google Cloud "
+                  "Storage" if emulated else "check this machine's network")
+        raise ConnectionError(f"Cannot {operation} on gs://{bucket}: nothing answers at {where} "
+                              f"({error}); {remedy}.") from None
+    try:
+        _filesystem(path).info(bucket)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Cannot {operation}: bucket gs://{bucket} does not exist at {where}; create it "
+            f"(gcloud storage buckets create gs://{bucket}) or name another in the path "
+            f"{os.fspath(path)}.") from None
+
+
+def create_exclusive(path: epath.PathLike, text: str) -> bool:
+    """Writes `text` to gs:// `path` unless the object exists; False if it did. One upload with
+    the precondition ifGenerationMatch=0: of two concurrent calls, exactly one succeeds."""
+    try:
+        _filesystem(path).pipe_file(os.fspath(path), text.encode(), mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def append_text(path: epath.Path, text: str) -> None:
+    """Appends `text` to the file `path` (created if absent). On gs://, whose objects cannot be
+    appended to (gcsfs would silently overwrite), the object is read and rewritten: right only
+    while one process writes it (the workdir's lock holder)."""
+    if not is_remote(path):
+        with path.open("a") as file:
+            file.write(text)
+        return
+    path.write_text((path.read_text() if path.exists() else "") + text)
+
+
+def create_writer(logdir: epath.Path, *, just_logging: bool = False):
+    """clu's default writer: log lines, and TensorBoard events in `logdir` (local or gs://).
+    On gs:// the events go to a local folder and are copied to `logdir` (module docstring)."""
+    from clu import metric_writers  # Here: it imports TensorFlow, which `--help` does not need.
+
+    if just_logging or not is_remote(logdir):
+        return metric_writers.create_default_writer(os.fspath(logdir),
+                                                    just_logging=just_logging)
+    return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(),
+                                            UploadingSummaryWriter(logdir)])
+
+
+class UploadingSummaryWriter:
+    """clu's TensorBoard writer into a local folder whose events files are copied to the gs://
+    folder `remote` on `flush` and `close`, and at least every UPLOAD_EVENTS_EVERY_SECONDS while
+    scalars are written (so TensorBoard reading the bucket follows a long stage). Events written
+    since the last copy are lost if the process is killed, as TensorFlow's buffered writer loses
+    its buffer."""
+
+    def __init__(self, remote: epath.Path):
+        from clu import metric_writers
+
+        self._local = epath.Path(tempfile.mkdtemp(prefix="wlsft_tensorboard_"))
+        self._remote = remote
+        self._writer = metric_writers.SummaryWriter(os.fspath(self._local))
+        self._uploaded_at = time.monotonic()
+
+    def __getattr__(self, name):  # write_images, write_texts, ...: clu's writer's own.
+        return getattr(self._writer, name)
+
+    def write_scalars(self, step, scalars):
+        self._writer.write_scalars(step, scalars)
+        if time.monotonic() - self._uploaded_at > UPLOAD_EVENTS_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self):
+        self._writer.flush()
+        self._upload()
+
+    def close(self):
+        self._writer.close()
+        self._upload()
+        self._local.rmtree()
+
+    def _upload(self):
+        for events in self._local.iterdir():
+            (self._remote / events.name).write_bytes(events.read_bytes())
+        self._uploaded_at = time.monotonic()
