@@ -11,8 +11,9 @@
   ("iwildcam/id" / "iwildcam/ood", "living17/source" / "living17/target"). Encoded images go
   through the dataset's decode operations, then a random resized crop (train) or CLIP's
   evaluation view (eval: bicubic resize of the shorter side, central crop) to
-  `data.image_size`. An OOD set whose classes are a subset (ImageNet-R / -A) or groups
-  (ObjectNet) of the ID classes is scored through a logits transform onto its own classes.
+  `data.image_size` (a plain decode fused into the crop: `transforms.fuse_decode`). An OOD set
+  whose classes are a subset (ImageNet-R / -A) or groups (ObjectNet) of the ID classes is scored
+  through a logits transform onto its own classes.
 Every task also has an ID validation set (`Task.val_set`, the world's val split or the held-out
 training slice): hyperparameters are chosen and training is watched on it, never on a test set.
 `data.captions` (imagenet_20k / cc_20k / coco_10k: `data.caption_pairs` pairs, default the number
@@ -190,7 +191,7 @@ def build(data, *, seed: int) -> Task:
     pairs, _ = captions.caption_source(data.captions, path=data.captions_path,
                                        num_pairs=data.get("caption_pairs"), seed=seed)
     return dataclasses.replace(task, caption_source=pairs, caption_operations=(
-        transforms.DecodeImage(), *_augment(data)))
+        transforms.fuse_decode((transforms.DecodeImage(), *_augment(data)))))
 
 
 def _augment(data) -> list[grain.Transformation]:
@@ -271,19 +272,22 @@ def _real_task(data) -> Task:
         transform = logits_transform(info)
         _check_classes(name, info, transform, class_names)
         metrics = dataset_splits(name).metrics
-        operations = (*info.decode_operations, *_eval_view(data, metrics))
+        operations = transforms.fuse_decode((*info.decode_operations,
+                                             *_eval_view(data, metrics)))
         eval_sets.append(EvalSet(name=name, kind=kind, source=source, operations=operations,
                                  num_classes=info.num_classes, logits_transform=transform,
                                  metrics=metrics))
     train_eval_set = EvalSet(
         name=data.id_domain, kind=ID, source=train, num_classes=train_info.num_classes,
-        operations=(*train_info.decode_operations, *_eval_view(data)))
+        operations=transforms.fuse_decode((*train_info.decode_operations, *_eval_view(data))))
     id_metrics = dataset_splits(data.id_domain).metrics
     val_set = EvalSet(name=data.id_domain, kind=VAL, source=val, metrics=id_metrics,
                       num_classes=train_info.num_classes,
-                      operations=(*train_info.decode_operations, *_eval_view(data, id_metrics)))
+                      operations=transforms.fuse_decode((*train_info.decode_operations,
+                                                         *_eval_view(data, id_metrics))))
     return Task(class_names=class_names, train_source=train, val_set=val_set,
-                train_operations=(*train_info.decode_operations, *_augment(data)),
+                train_operations=transforms.fuse_decode((*train_info.decode_operations,
+                                                         *_augment(data))),
                 eval_sets=tuple(eval_sets), eval_worker_count=data.worker_count,
                 train_eval_set=train_eval_set)
 
