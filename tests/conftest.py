@@ -11,12 +11,18 @@ from unittest import mock
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import flax.linen as nn  # noqa: E402
 import fsspec  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from absl import flags  # noqa: E402
 
-from helpers import NUM_MOCK_EXAMPLES, free_port  # noqa: E402
+from helpers import (NUM_MOCK_EXAMPLES, SWEEP_CONFIG, SWEEP_TINY, free_port,  # noqa: E402
+                     load)
+from wlsft_jax import checkpoint, context as context_lib  # noqa: E402
+from wlsft_jax.data import tokenizer as tokenizer_lib, world  # noqa: E402
 
 # grain's worker processes and absl logging read flags; parse them once for the tests.
 if not flags.FLAGS.is_parsed():
@@ -124,3 +130,23 @@ def gcs_bucket(tmp_path, monkeypatch):
         server.kill()
         server.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Stage directories as earlier runs leave them, for the sweep's tests: a tiny pretrained CLIP, a fine-tuned CLIP
+    (as FLYP leaves) and a fine-tuned classifier (as FT leaves), each one orbax checkpoint."""
+    root = tmp_path_factory.mktemp("runs")
+    config = load(SWEEP_CONFIG, *SWEEP_TINY)
+    tokenizer = tokenizer_lib.world_tokenizer(world.VOCABULARY,
+                                              context_length=config.tokenizer.context_length)
+    models = context_lib.build_models(config, tokenizer, num_classes=len(world.CLASSES))
+    images = jnp.zeros((1, 16, 16, 3), jnp.float32)
+    tokens = jnp.zeros((1, tokenizer.context_length), jnp.int32)
+    pretrained = nn.unbox(models["clip"].init(jax.random.key(0), images, tokens)["params"])
+    flyp = nn.unbox(models["clip"].init(jax.random.key(1), images, tokens)["params"])
+    ft = nn.unbox(models["classifier"].init(jax.random.key(2), images)["params"])
+    for name, params in (("pretrain", pretrained), ("flyp", flyp), ("ft", ft)):
+        with checkpoint.Checkpointer(root / name) as manager:
+            manager.save(1, {"params": params}, force=True)
+    return root

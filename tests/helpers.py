@@ -338,3 +338,15 @@ def save_hf_clip(tmp_path, image_size, patch_size, depth, act, text_length, eos,
                 param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(tmp_path)
     return model, str(tmp_path)
+
+
+# The sweep's tiny setup (test_sweep.py, test_gcs.py): FLYP's config on 16-px images with a
+# one-block text tower, scored on two datasets; the `runs` fixture (conftest.py) holds its
+# checkpoints.
+SWEEP_CONFIG = os.path.join(REPO, "configs", "flyp_clip.py")
+SWEEP_TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_domain=16",
+              "--config.data.worker_count=0", "--config.data.ood_domains=('sketch','painting')",
+              "--config.eval.batch_size=16", "--config.model.txt.width=32",
+              "--config.model.txt.depth=1", "--config.model.txt.num_heads=2",
+              "--config.model.txt.mlp_dim=64", "--config.model.embed_dim=32")
+SWEEP_DATASETS = ("photo", "sketch")

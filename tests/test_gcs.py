@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from etils import epath
 
-from helpers import REPO, flat, load, random_params, run_main_in_process, write_small_clip_files
-from test_sweep import CONFIG as SWEEP_CONFIG, DATASETS, TINY as SWEEP_TINY, runs  # noqa: F401
+from helpers import (REPO, SWEEP_CONFIG, SWEEP_DATASETS as DATASETS, SWEEP_TINY, flat, load,
+                     random_params, run_main_in_process, write_small_clip_files)
 from wlsft_jax import (checkpoint, context as context_lib, convert, recipes, sharding, storage,
                        sweep, workdir as workdir_lib)
 from wlsft_jax.models import two_towers, vit
@@ -132,6 +132,20 @@ def test_a_missing_bucket_or_a_stopped_emulator_is_one_error_naming_bucket_and_e
             pass
 
 
+def test_gs_paths_go_to_the_emulator_even_after_a_path_was_used_before_setup(
+        gcs_bucket, monkeypatch, tmp_path):
+    """etils picks TensorFlow's gfile (which reads no emulator variable) or gcsfs once, at the
+    first path of any kind; `setup` must win over a path made before it (a local one here)."""
+    from etils.epath import gpath
+
+    monkeypatch.delenv("EPATH_USE_TF")
+    gpath._is_tf_installed.cache_clear()
+    assert epath.Path(tmp_path).exists()  # etils now holds "gs:// through gfile".
+    storage.setup()
+    (epath.Path(gcs_bucket.url) / "run" / "note.txt").write_text("through gcsfs")
+    assert gcs_bucket.read("run/note.txt") == b"through gcsfs"
+
+
 def _committed_steps(bucket, prefix):
     """Steps under `prefix` whose orbax commit file (the step's own, written last) exists."""
     return sorted(int(match.group(1)) for name in bucket.objects(prefix)
@@ -228,7 +242,7 @@ def _sweep_cells(bucket, name):
 
 @pytest.mark.slow
 def test_a_sweep_of_a_glob_on_a_bucket_killed_half_way_completes_only_the_missing_cells(
-        runs, gcs_bucket, tmp_path):  # noqa: F811 (runs: test_sweep's fixture)
+        runs, gcs_bucket, tmp_path):
     """launch/sweep.py over gs://.../runs/*/f* into gs://.../sweep, killed after 2 of its 8
     cells; the rerun evaluates the other cells only, and the results and the report are in the
     bucket, with the values a local sweep of the same checkpoints gives."""

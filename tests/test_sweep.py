@@ -10,46 +10,17 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
-import jax.numpy as jnp
 import pytest
 
 from wlsft_jax import (checkpoint, context as context_lib, experiment, records as records_lib,
                        sharding, sweep)
-from wlsft_jax.data import tokenizer as tokenizer_lib, world
 from wlsft_jax.evals import zero_shot
-from helpers import REPO, load
+from helpers import (REPO, SWEEP_CONFIG as CONFIG, SWEEP_DATASETS as DATASETS, SWEEP_TINY as TINY,
+                     load)
 
-CONFIG = os.path.join(REPO, "configs", "flyp_clip.py")
-TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_domain=16",
-        "--config.data.worker_count=0", "--config.data.ood_domains=('sketch','painting')",
-        "--config.eval.batch_size=16", "--config.model.txt.width=32", "--config.model.txt.depth=1",
-        "--config.model.txt.num_heads=2", "--config.model.txt.mlp_dim=64",
-        "--config.model.embed_dim=32")
 ALPHAS = (0.0, 0.5, 1.0)
-DATASETS = ("photo", "sketch")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Stage directories as earlier runs leave them: a tiny pretrained CLIP, a fine-tuned CLIP
-    (as FLYP leaves) and a fine-tuned classifier (as FT leaves), each one orbax checkpoint."""
-    root = tmp_path_factory.mktemp("runs")
-    config = load(CONFIG, *TINY)
-    tokenizer = tokenizer_lib.world_tokenizer(world.VOCABULARY,
-                                              context_length=config.tokenizer.context_length)
-    models = context_lib.build_models(config, tokenizer, num_classes=len(world.CLASSES))
-    images = jnp.zeros((1, 16, 16, 3), jnp.float32)
-    tokens = jnp.zeros((1, tokenizer.context_length), jnp.int32)
-    pretrained = nn.unbox(models["clip"].init(jax.random.key(0), images, tokens)["params"])
-    flyp = nn.unbox(models["clip"].init(jax.random.key(1), images, tokens)["params"])
-    ft = nn.unbox(models["classifier"].init(jax.random.key(2), images)["params"])
-    for name, params in (("pretrain", pretrained), ("flyp", flyp), ("ft", ft)):
-        with checkpoint.Checkpointer(root / name) as manager:
-            manager.save(1, {"params": params}, force=True)
-    return root
 
 
 def run_sweep(runs, out, checkpoints=("flyp", "ft"), alphas=ALPHAS, datasets=DATASETS):

@@ -119,7 +119,8 @@ def initial_weights(config, tokenizer, *, num_classes: int):
     or an image tower as "hf_vit" gives it). "hf_clip": a Hugging Face CLIP, the models in its
     architecture. "orbax": the CLIP of a stage directory of an earlier run (its latest
     checkpoint) in `config.model`'s layout. "hf_vit": a Hugging Face ViT (e.g. DINO) as
-    `{"img": ...}`, the classifier in its architecture (a vision-only run).
+    `{"img": ...}`, the classifier in its architecture (a vision-only run); "big_vision":
+    likewise, the image tower of a big_vision ViT `.npz` (its classification head dropped).
     """
     init = config.init
     data = config.data
@@ -132,6 +133,10 @@ def initial_weights(config, tokenizer, *, num_classes: int):
     if init.format == "hf_vit":
         return vision_only(*convert.from_hf_vit(init.path, image_size=data.image_size,
                                                 dtype_mm=config.model.dtype),
+                           num_classes=num_classes)
+    if init.format == "big_vision":
+        return vision_only(*convert.from_big_vision(init.path, image_size=data.image_size,
+                                                    keep_head=False, dtype_mm=config.model.dtype),
                            num_classes=num_classes)
     models = build_models(config, tokenizer, num_classes=num_classes)
     if init.format == "scratch":
@@ -162,7 +167,7 @@ def initial_weights(config, tokenizer, *, num_classes: int):
         manager.close()
         return models, params
     raise ValueError(f"init.format={init.format!r} is not read by wlsft_jax.main; start from "
-                     "'scratch', 'pretrained', 'orbax', 'hf_clip' or 'hf_vit'.")
+                     "'scratch', 'pretrained', 'orbax', 'hf_clip', 'hf_vit' or 'big_vision'.")
 
 
 def vision_only(vit_model, params, *, num_classes: int):

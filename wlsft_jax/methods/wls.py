@@ -190,12 +190,13 @@ def check_config(config, name) -> None:
                          f"{sorted(adapters.ADAPTERS)}.")
     checks.choice(dict(adapter).get("name"), tuple(adapters.ADAPTERS),
                   f"adapter name of stage {name!r}")
-    if config.init.format not in ("scratch", "hf_vit", "pretrained"):
+    encoders = ("hf_vit", "big_vision", "pretrained")  # Formats that give a vision encoder.
+    if config.init.format not in ("scratch", *encoders):
         raise ValueError(f"init.format={config.init.format!r}: WLS starts from a vision encoder, "
-                         "'hf_vit' (e.g. DINO ViT-B/16), 'pretrained' (a shipped image tower) or 'scratch' "
-                         "with a stand-in stage first.")
+                         "'hf_vit' (e.g. DINO ViT-B/16), 'big_vision' (a ViT .npz), 'pretrained' "
+                         "(a shipped image tower) or 'scratch' with a stand-in stage first.")
     before = stages[:-1]
-    if config.init.format in ("hf_vit", "pretrained") and before:
+    if config.init.format in encoders and before:
         raise ValueError(f"init.format={config.init.format!r} is the vision encoder; 'wls' is "
                          f"then the only stage, remove {list(before)}.")
     if config.init.format == "scratch" and (
