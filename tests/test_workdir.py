@@ -80,6 +80,9 @@ def _run_main(args):
      r"init\.path='/no/such/run/pretrain' does not exist"),
     (["--config=configs/flyp_clpi.py"], r"no such config file; e\.g\. configs/ has \[.*"
                                         r"'flyp_clip\.py'"),
+    (["--config=configs/ft_clip.py:evals=knn+linearprobe"],
+     r"Unknown evaluator type in config argument evals 'linearprobe'; valid choices: \['knn', "
+     r"'linear_probe', 'zero_shot'\]"),
 ])
 def test_a_user_error_is_one_line_with_status_2_and_leaves_no_workdir(tmp_path, args, message):
     result = _run_main([*args, f"--workdir={tmp_path / 'w'}"])

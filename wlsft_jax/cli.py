@@ -61,7 +61,7 @@ def parse_flags(argv, exit_):
     try:
         parsed = flags.FLAGS(argv)
     except flags.Error as error:
-        exit_(str(error))
+        exit_(_without_traceback(str(error)))
     except Exception as error:  # ml_collections raises KeyError / AttributeError / OSError.
         if _wants_traceback(argv):
             raise
@@ -74,6 +74,15 @@ def parse_flags(argv, exit_):
     if problem:
         exit_(problem)
     return parsed
+
+
+def _without_traceback(message: str) -> str:
+    """A flag error whose message embeds the traceback of a config file's `get_config` (as
+    ml_collections reports a bad `--config=FILE:ARG`), cut to its first and last lines."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if len(lines) > 2 and "Traceback (most recent call last)" in message:
+        return f"{lines[0]} {lines[-1]}"
+    return message
 
 
 def config_path(argv) -> tuple[str, str] | None:

@@ -10,6 +10,7 @@ import dataclasses
 import ml_collections
 
 from wlsft_jax import checks, evals, methods
+from wlsft_jax.evals import linear_probe
 
 INITIAL_WEIGHTS = checks.INITIAL_WEIGHTS  # A stage `input`: config.init's weights.
 
@@ -171,8 +172,6 @@ def dino_base(*, stages, **stage_configs) -> ml_collections.ConfigDict:
 def lp_stage(**overrides) -> ml_collections.ConfigDict:
     """The linear probe of methods/lp.py: L-BFGS on the frozen features, C chosen from `cs` on
     the ID validation split (no training loop, so no steps or optimizer)."""
-    from wlsft_jax.evals import linear_probe
-
     config = ml_collections.ConfigDict(dict(
         method="lp", input=ml_collections.config_dict.placeholder(str),
         cs=linear_probe.DEFAULT_CS, max_iter=1000))
