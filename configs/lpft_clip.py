@@ -7,10 +7,11 @@ smaller learning rate, so the head no longer distorts the features while it is s
   # also :cifar10_stl, :domainnet, :iwildcam, :fmow, :living17, :entity30; see
   # configs/flyp_clip.py for what the paths hold and how WILDS is reported
 
-Expected on the embedded world (the stage of recipes.WORLD_CLIP_TUNED, lr and steps chosen on
-photo's validation split; this is configs/compare_clip.py's seed 0): LP-FT 85.1 % ID (photo) /
-45.7 % average OOD (the LP stage 72.9 / 71.0); 3 seeds in README, where LP-FT's claim fails at
-these settings. Real tasks: LP-FT's abstract reports LP-FT 1 point above FT ID and 10 above it
+The LP stage is the L-BFGS probe (configs/lp_clip.py); FT then starts from its head. Expected on
+the embedded world (the FT stage of recipes.WORLD_CLIP_TUNED, lr and steps chosen on photo's
+validation split; this is configs/compare_clip.py's seed 0): LP-FT 86.1 % ID (photo) / 46.8 %
+average OOD (the LP stage 77.4 / 64.9); 3 seeds in README, where LP-FT's claim fails at these
+settings. Real tasks: LP-FT's abstract reports LP-FT 1 point above FT ID and 10 above it
 OOD on average over its 10 shifts (BREEDS Living-17 and Entity-30, DomainNet, CIFAR -> STL,
 FMoW, ImageNet's, ...); per-dataset numbers: see the LP-FT paper's tables.
 """
