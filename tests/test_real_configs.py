@@ -118,7 +118,7 @@ def test_real_config_checks_and_trains_on_its_task(name, task_name, data_dir, hf
     context = built_context(config, task=task, models=models, tokenizer=tokenizer)
     for stage in config.stages:
         stage_config = config[stage]
-        if not getattr(methods.get(stage_config.method), "TRAINING_LOOP", True):
+        if not methods.trains_by_loop(stage_config.method):
             continue  # `lp`'s probe: fitted on features, no training batch.
         method = methods.get(stage_config.method).build(context, stage, stage_config).spec
         batch = next(iter(pipeline.train_loader(

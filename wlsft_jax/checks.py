@@ -140,7 +140,7 @@ def _check_stage(config, stages, index) -> None:
     method = methods.get(stage.method)
     own_keys = {key: other for other in methods.names()
                 for key in methods.get(other).STAGE_KEYS}
-    if not getattr(method, "TRAINING_LOOP", True):  # E.g. `lp`'s L-BFGS fit.
+    if not methods.trains_by_loop(stage.method):  # E.g. `lp`'s L-BFGS fit.
         known_keys(stage.keys(), {"method", "input", *method.STAGE_KEYS},
                    f"config.{name} (method {stage.method!r} runs no training loop)")
     known_keys(stage.keys(), STAGE_KEYS | set(own_keys), f"config.{name}")
@@ -154,7 +154,7 @@ def _check_stage(config, stages, index) -> None:
                "config.init's weights)")
     if "templates" in stage:
         choice(stage.templates, tuple(templates.TEMPLATES), f"templates of stage {name!r}")
-    if getattr(method, "TRAINING_LOOP", True):
+    if methods.trains_by_loop(stage.method):
         _check_stage_numbers(name, stage)
     if "eval_every" in stage and not method.SCORED_BY:
         raise ValueError(f"config.{name}.eval_every: method {stage.method!r} is not scored by "

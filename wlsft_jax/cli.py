@@ -27,7 +27,8 @@ _TRACEBACK = flags.DEFINE_bool(
 
 def run(main, program: str) -> None:
     """`app.run(main)` with user errors reported as one line, "<program>: error: ...", and
-    status 2."""
+    status 2; every gs:// client pointed at GCS or the emulator first (`storage.setup`)."""
+    storage.setup()
     exit_ = lambda message: exit_with_message(program, message)
     app.run(_with_clean_errors(main, exit_), flags_parser=lambda argv: parse_flags(argv, exit_))
 
@@ -40,7 +41,6 @@ def _wants_traceback(argv=()) -> bool:
 
 def _with_clean_errors(main, exit_):
     def wrapped(argv):
-        storage.setup()  # Before any gs:// access of any command line.
         try:
             return main(argv)
         except USER_ERRORS as error:

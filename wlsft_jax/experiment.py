@@ -44,8 +44,8 @@ def write_report(config, records, directory, *, id_dataset, ood_datasets, writer
             logging.warning("No effective robustness in this report: %s.", why_not)
         out = epath.Path(directory) if headline else epath.Path(directory) / name
         # The headline's results.json keeps every record: it is the run's ledger.
-        own = records if headline else [r for r in records
-                                        if r["metric"] in recorded_metrics(config, name)]
+        metrics_of_name = recorded_metrics(config, name)
+        own = records if headline else [r for r in records if r["metric"] in metrics_of_name]
         tables[name] = report.write_report(own, out, **datasets, **metrics, baseline=baseline,
                                            writer=writer)
         plot_name = "_".join(dict.fromkeys(metrics.values()))
@@ -105,10 +105,10 @@ def wise_ft_records(config, evaluators, theta0, theta1, *, method, seed,
     mix = jax.jit(lambda alpha: evaluated(interpolate.interpolate(theta0, theta1, alpha)))
     records = []
     for alpha in config.eval.alphas:
-        mixed = functools.cache(lambda alpha=alpha: mix(alpha))
+        mixed = functools.cache(functools.partial(mix, alpha))  # Once, if any cell is missing.
         for name, evaluator in evaluators.items():
-            evaluate = functools.partial(lambda e: e.run(mixed(), method=method, alpha=alpha,
-                                                         seed=seed), evaluator)
+            def evaluate(evaluator=evaluator, mixed=mixed, alpha=alpha):
+                return evaluator.run(mixed(), method=method, alpha=alpha, seed=seed)
             records += recorded(ledger, config, name, evaluator, evaluate, method=method,
                                 alpha=alpha, seed=seed)
     return records

@@ -59,7 +59,7 @@ def prepare(config):
     # Imports after flag parsing so `--help` stays fast.
     import jax
 
-    from wlsft_jax import checks, experiment, sharding
+    from wlsft_jax import checks, experiment, methods, sharding
 
     checks.check_config(config)
     experiment.check_names(config)
@@ -69,7 +69,7 @@ def prepare(config):
     batch_sizes = {f"config.{name}: micro-batches of batch_size={config[name].batch_size} / "
                    f"accum_steps={config[name].accum_steps}":
                    config[name].batch_size // config[name].accum_steps
-                   for name in config.stages if "batch_size" in config[name]}  # (Not `lp`'s.)
+                   for name in config.stages if methods.trains_by_loop(config[name].method)}
     batch_sizes[f"config.eval.batch_size={config.eval.batch_size} (evaluation and k-NN "
                 "batches)"] = config.eval.batch_size
     sharding.check_batch_sizes(mesh, batch_sizes)

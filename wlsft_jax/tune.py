@@ -89,8 +89,7 @@ def point_config(config, stage: str, point: dict, chosen: dict[str, dict]):
         for name in chain:  # Set as the command-line override --config.<name>.<key> would.
             for key, value in (point if name == stage else chosen.get(name, {})).items():
                 config_path.set_value(f"{name}.{key}", tuned, value)
-        if getattr(methods.get(tuned[stage].method), "TRAINING_LOOP", True):  # (`lp` scores
-            # its one fit.)
+        if methods.trains_by_loop(tuned[stage].method):  # (`lp` scores its one fit.)
             tuned[stage].eval_every = tuned[stage].get("eval_every") or tuned[stage].steps
     return tuned
 

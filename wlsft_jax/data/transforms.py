@@ -105,11 +105,24 @@ def _decode_resized(image: Image.Image, box: tuple[float, float, float, float], 
     reduction = jpeg_reduction(right - left, bottom - top, size)
     if reduction > 1:
         width = image.width
-        drafted = image.draft("RGB", (image.width // reduction, image.height // reduction))
+        drafted = image.draft("RGB", (width // reduction, image.height // reduction))
         if drafted is not None:  # JPEG: the decoder reduces by width / drafted box width.
             scale = width / drafted[1][2]
             box = (left / scale, top / scale, right / scale, bottom / scale)
     resized = _rgb(image).resize((size, size), resample, box=box)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _crop_resized(element, key: str, transform: object, box_of, size: int,
+                  resample: int) -> np.ndarray:
+    """element[key] (encoded bytes: fused decode; or a uint8[H, W, 3] array) cut to the box
+    `box_of(height, width)` gives and resampled to uint8[size, size, 3]."""
+    value = _field(element, key, transform)
+    if _is_encoded(value):
+        with Image.open(io.BytesIO(value)) as image:  # Reads the header only.
+            return _decode_resized(image, box_of(image.height, image.width), size, resample)
+    image = _rgb_image(element, key, transform)
+    resized = Image.fromarray(image).resize((size, size), resample, box=box_of(*image.shape[:2]))
     return np.asarray(resized, dtype=np.uint8)
 
 
@@ -150,16 +163,8 @@ class ResizeCenterCrop(grain.MapTransform):
                 (top + self.size) * scale_y)
 
     def map(self, element):
-        value = _field(element, self.key, self)
-        if _is_encoded(value):
-            with Image.open(io.BytesIO(value)) as image:
-                crop = _decode_resized(image, self.box(image.height, image.width), self.size,
-                                       Image.Resampling.BICUBIC)
-        else:
-            image = _rgb_image(element, self.key, self)
-            crop = np.asarray(Image.fromarray(image).resize(
-                (self.size, self.size), Image.Resampling.BICUBIC, box=self.box(*image.shape[:2])))
-        return {**element, self.key: crop}
+        return {**element, self.key: _crop_resized(element, self.key, self, self.box, self.size,
+                                                   Image.Resampling.BICUBIC)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,17 +212,9 @@ class RandomResizedCrop(grain.RandomMapTransform):
         return left, top, left + crop_width, top + crop_height
 
     def random_map(self, element, rng: np.random.Generator):
-        value = _field(element, self.key, self)
-        if _is_encoded(value):
-            with Image.open(io.BytesIO(value)) as image:  # Reads the header only.
-                box = self.crop_box(image.height, image.width, rng)
-                resized = _decode_resized(image, box, self.size, RESAMPLING[self.resample])
-            return {**element, self.key: resized}
-        image = _rgb_image(element, self.key, self)
-        box = self.crop_box(image.shape[0], image.shape[1], rng)
-        resized = Image.fromarray(image).resize((self.size, self.size),
-                                                RESAMPLING[self.resample], box=box)
-        return {**element, self.key: np.asarray(resized, dtype=np.uint8)}
+        box_of = lambda height, width: self.crop_box(height, width, rng)
+        return {**element, self.key: _crop_resized(element, self.key, self, box_of, self.size,
+                                                   RESAMPLING[self.resample])}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,16 +63,10 @@ class Evaluator:
 
     def run(self, params, *, method, alpha, seed) -> list[dict]:
         """Report records of the probe on the `img` part of `params`, every eval set."""
-        def features(eval_set):
-            feats, labels = features_lib.labelled_features(
-                self.features_fn, params["img"], eval_set, **features_lib.reading(self.context))
-            return features_lib.l2_normalised(feats), labels
-
-        task = self.context.task
-        kernel, bias, c = fit_linear_probe(
-            *features(task.train_eval_set), *features(task.val_set),
-            num_classes=len(task.class_names), cs=self.settings["cs"],
-            max_iter=self.settings["max_iter"])
+        features = lambda eval_set: probe_features(self.features_fn, params["img"], eval_set,
+                                                   self.context)
+        kernel, bias, c = fit_on_task(features, self.context.task, cs=self.settings["cs"],
+                                      max_iter=self.settings["max_iter"])
         records = []
         for eval_set in self.eval_sets:
             feats, labels = features(eval_set)
@@ -87,6 +81,20 @@ class Evaluator:
         logging.info("probe_top1 of %s at alpha=%g (C=%.3g): %s", method, alpha, c, {
             r["dataset"]: round(r["value"], 4) for r in records if r["metric"] == METRICS[0]})
         return records
+
+
+def probe_features(features_fn, img_params, eval_set, context):
+    """(L2-normalised features, labels) of every record of `eval_set`: what a probe reads."""
+    feats, labels = features_lib.labelled_features(features_fn, img_params, eval_set,
+                                                   **features_lib.reading(context))
+    return features_lib.l2_normalised(feats), labels
+
+
+def fit_on_task(features, task, *, cs, max_iter) -> tuple[jax.Array, jax.Array, float]:
+    """`fit_linear_probe` on `features(eval_set)` of the task's ID training images (their
+    evaluation view), C chosen on its ID validation split: (kernel, bias, C)."""
+    return fit_linear_probe(*features(task.train_eval_set), *features(task.val_set),
+                            num_classes=len(task.class_names), cs=cs, max_iter=max_iter)
 
 
 def check_grid(cs, max_iter) -> None:

@@ -15,7 +15,9 @@ A method module defines:
   data, read from `context`, an `experiment.Context`) and how its starting params are made from
   the stage's input (e.g. a CLIP's image tower with its zero-shot head).
 - optionally `check_config(config, name)`: checks of its own, before anything is read;
-  `CONFIG_KEYS`: config keys (dotted) that only it reads; `FEEDS`: the method whose stage a
+  `CONFIG_KEYS`: config keys (dotted) that only it reads; `TRAINING_LOOP = False` for a method
+  whose stages run no training loop (`lp`: their Stage's own `train`; they take `method`,
+  `input` and the STAGE_KEYS only, see `trains_by_loop`); `FEEDS`: the method whose stage a
   stage of this one exists to feed (the config must have one).
 """
 import importlib
@@ -26,6 +28,12 @@ def names() -> tuple[str, ...]:
     """Every method's name."""
     return tuple(info.name for info in pkgutil.iter_modules(__path__)
                  if not info.name.startswith("_"))
+
+
+def trains_by_loop(name: str) -> bool:
+    """Whether stages of method `name` run the training loop (and take its keys: steps,
+    batch_size, optim, ...)."""
+    return getattr(get(name), "TRAINING_LOOP", True)
 
 
 def get(name: str):

@@ -59,15 +59,10 @@ def build(context, name, stage_config) -> _common.Stage:
                 return manager.restore_params(FIT_STEP, checkpoint.restore_target(
                     init_params, shardings))
 
-            def features(eval_set):
-                feats, labels = features_lib.labelled_features(
-                    features_fn, init_params["img"], eval_set, **features_lib.reading(context))
-                return features_lib.l2_normalised(feats), labels
-
-            kernel, bias, c = linear_probe.fit_linear_probe(
-                *features(task.train_eval_set), *features(task.val_set),
-                num_classes=len(task.class_names), cs=stage_config.cs,
-                max_iter=stage_config.max_iter)
+            kernel, bias, c = linear_probe.fit_on_task(
+                lambda eval_set: linear_probe.probe_features(features_fn, init_params["img"],
+                                                             eval_set, context),
+                task, cs=stage_config.cs, max_iter=stage_config.max_iter)
             params = jax.device_put({"img": init_params["img"],
                                      "head": {"kernel": kernel, "bias": bias}}, shardings)
             logging.info("[%s] probe fitted: C=%.3g", name, c)
