@@ -126,8 +126,10 @@ def fit_linear_probe(train_feats, train_labels, val_feats, val_labels, *, num_cl
     params = {"kernel": jnp.zeros((train_feats.shape[1], num_classes), jnp.float32),
               "bias": jnp.zeros((num_classes,), jnp.float32)}
     best_params, best_c, best_accuracy = None, None, -1.0
+    train_feats_transposed = _transposed(train_feats)
     for c in cs:
-        params, num_steps = _fit(params, train_feats, train_labels, c, max_iter, tolerance)
+        params, num_steps = _fit(params, train_feats, train_feats_transposed, train_labels, c,
+                                 max_iter, tolerance)
         accuracy = float(_accuracy(params, val_feats, val_labels))
         logging.info("linear probe C=%.3g: %d L-BFGS steps, val accuracy %.4f",
                      c, int(num_steps), accuracy)
@@ -137,10 +139,34 @@ def fit_linear_probe(train_feats, train_labels, val_feats, val_labels, *, num_cl
 
 
 @jax.jit
-def _fit(init_params, feats, labels, c, max_iter, tolerance):
+def _transposed(feats):
+    """feats.T, laid out in memory as such (its own computation, so XLA cannot fold it back)."""
+    return feats.T
+
+
+@jax.custom_vjp
+def _logits(feats, feats_transposed, kernel, bias):
+    """feats @ kernel + bias, whose kernel gradient reads `feats_transposed` ([D, N], laid out
+    once per fit): XLA's CPU matmul is about twice as fast on it as on feats' transpose."""
+    return feats @ kernel + bias
+
+
+def _logits_forward(feats, feats_transposed, kernel, bias):
+    return _logits(feats, feats_transposed, kernel, bias), feats_transposed
+
+
+def _logits_backward(feats_transposed, logits_grad):
+    return None, None, feats_transposed @ logits_grad, logits_grad.sum(axis=0)
+
+
+_logits.defvjp(_logits_forward, _logits_backward)
+
+
+@jax.jit
+def _fit(init_params, feats, feats_transposed, labels, c, max_iter, tolerance):
     """L-BFGS from `init_params` on the objective for this C; returns (params, steps taken)."""
     def objective(params):
-        logits = feats @ params["kernel"] + params["bias"]
+        logits = _logits(feats, feats_transposed, params["kernel"], params["bias"])
         cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return cross_entropy + jnp.sum(params["kernel"] ** 2) / (2 * c * feats.shape[0])
 
