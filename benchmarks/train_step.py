@@ -62,7 +62,8 @@ def batch_arrays():
 
 
 def jax_step(dtype_mm: str):
-    """(run, flops per step from XLA's cost analysis) of our jitted training step."""
+    """(run, flops per step from XLA's cost analysis, [state]) of our jitted training step; run
+    steps the state held in the one-element list."""
     tower = dict(variant=None, width=WIDTH, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS, act=ACT,
                  layer_norm_eps=EPS, dtype_mm=dtype_mm)
     model = two_towers.Model(
@@ -90,7 +91,7 @@ def jax_step(dtype_mm: str):
         carry[0], metrics = compiled(carry[0], batch)
         return float(metrics["loss"])
 
-    return run, float(cost["flops"])
+    return run, float(cost["flops"]), carry
 
 
 def torch_step(threads: int):
@@ -148,7 +149,7 @@ def main():
     args = parser.parse_args()
     load_before = os.getloadavg()
 
-    ours_fp32, flops_per_step = jax_step("float32")
+    ours_fp32, flops_per_step, _ = jax_step("float32")
     steps = {f"PyTorch CLIPModel {n} thread{'s' * (n > 1)}": torch_step(n) for n in args.threads}
     baseline_name = next(iter(steps))
     steps["wlsft_jax fp32"] = ours_fp32
