@@ -89,3 +89,20 @@ def test_bad_input_raises(change, message):
         fit_linear_probe(problem["train_feats"], problem["train_labels"], problem["val_feats"],
                          problem["val_labels"], num_classes=3, cs=problem["cs"],
                          max_iter=problem["max_iter"])
+
+
+def test_the_cpu_transposed_features_and_the_accelerator_path_fit_the_same_probe():
+    """On CPU the kernel gradient reads a transposed copy of the features; elsewhere feats.T."""
+    import jax.numpy as jnp
+
+    from wlsft_jax.evals import linear_probe
+
+    feats, labels = gaussian_classes(300, np.eye(5, 16, dtype=np.float32) * 2, seed=3)
+    feats, labels = jnp.asarray(feats), jnp.asarray(labels)
+    start = {"kernel": jnp.zeros((16, 5)), "bias": jnp.zeros(5)}
+    fits = [linear_probe._fit(start, feats, transposed, labels, 1.0, 100, 1e-4)
+            for transposed in (linear_probe._transposed(feats), None)]
+    (cpu, cpu_steps), (accelerator, accelerator_steps) = fits
+    assert cpu_steps == accelerator_steps > 1
+    np.testing.assert_allclose(cpu["kernel"], accelerator["kernel"], atol=1e-5)
+    np.testing.assert_allclose(cpu["bias"], accelerator["bias"], atol=1e-5)
