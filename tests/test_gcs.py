@@ -86,6 +86,41 @@ def test_of_concurrent_creates_of_one_object_exactly_one_succeeds(gcs_bucket):
     assert gcs_bucket.read("run/LOCK") == f"thread {won[0]}".encode()
 
 
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_of_concurrent_takeovers_of_a_dead_runs_lock_on_a_bucket_exactly_one_wins(
+        gcs_bucket, monkeypatch):
+    """A dead run's lock is overwritten by one upload preconditioned on the generation read
+    (not removed and created again, which lets several through): eight starts let go at once,
+    one holds the workdir, the seven others find it in use."""
+    workdir = epath.Path(f"{gcs_bucket.url}/run")
+    (workdir / "LOCK").write_text(json.dumps(dict(host=socket.gethostname(), pid=_dead_pid(),
+                                                  started="long ago")))
+    holder = workdir_lib._holder  # Each thread a holder of its own, told apart by its name.
+    monkeypatch.setattr(workdir_lib, "_holder",
+                        lambda: dict(holder(), started=threading.current_thread().name))
+    start, won, busy = threading.Barrier(8), [], []
+
+    def take_over():
+        start.wait()
+        try:
+            won.append(workdir_lib.acquire_lock(workdir))
+        except workdir_lib.WorkdirBusyError:
+            busy.append(threading.current_thread().name)
+
+    threads = [threading.Thread(target=take_over, name=f"start {i}") for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1 and len(busy) == 7, (won, busy)
+    assert json.loads(gcs_bucket.read("run/LOCK")) == won[0]
+
+
 def test_every_start_on_a_bucket_joins_the_config_history(gcs_bucket):
     """GCS objects cannot be appended to (gcsfs would silently overwrite on open("a"))."""
     workdir = epath.Path(f"{gcs_bucket.url}/run")
@@ -122,8 +157,7 @@ def test_a_missing_bucket_or_a_stopped_emulator_is_one_error_naming_bucket_and_e
                              rf"exist at {gcs_bucket.endpoint} \(from STORAGE_EMULATOR_HOST\)"):
         with workdir_lib.claim(epath.Path("gs://no-such-bucket/run"), config):
             pass
-    gcs_bucket.server.kill()
-    gcs_bucket.server.wait()
+    gcs_bucket.stop()
     with pytest.raises(ConnectionError,
                        match=rf"Cannot lock the workdir on gs://wlsft-test: nothing answers at "
                              rf"{gcs_bucket.endpoint}.*; start the emulator there, or "
@@ -144,6 +178,31 @@ def test_gs_paths_go_to_the_emulator_even_after_a_path_was_used_before_setup(
     storage.setup()
     (epath.Path(gcs_bucket.url) / "run" / "note.txt").write_text("through gcsfs")
     assert gcs_bucket.read("run/note.txt") == b"through gcsfs"
+
+
+@pytest.mark.slow
+def test_checkpoint_arrays_are_retried_through_a_short_outage_and_for_half_a_minute_at_most(
+        gcs_bucket):
+    """tensorstore (orbax's arrays) in the context orbax makes for it (`checkpoint` sets its GCS
+    retries): a write outlives a 3 s outage of the bucket; against a bucket gone for good it
+    fails after about half a minute, not tensorstore's own quarter of an hour."""
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    kvstore = ts.KvStore.open({"driver": "gcs", "bucket": gcs_bucket.name},
+                              context=tensorstore_utils.get_ts_context()).result()
+    gcs_bucket.stop()
+    restart = threading.Timer(3.0, gcs_bucket.start)
+    restart.start()
+    kvstore.write("outage/during", b"written").result(timeout=60)
+    restart.join()
+    assert gcs_bucket.read("outage/during") == b"written"
+
+    gcs_bucket.stop()
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"All 5 retry attempts failed"):
+        kvstore.write("outage/after", b"lost").result(timeout=60)
+    assert 25 < time.monotonic() - started < 45
 
 
 def _committed_steps(bucket, prefix):
@@ -221,6 +280,96 @@ def test_a_main_job_on_a_bucket_killed_by_sigkill_resumes_from_its_last_commit(g
     objects = gcs_bucket.objects("run/")
     assert "run/flyp/16/commit_success.txt" in objects and "run/report/report.md" in objects
     assert "run/LOCK" not in objects
+
+
+def _main_job(bucket, steps):
+    """The command line of a tiny main job on `bucket`, checkpointing every 2 steps."""
+    return [sys.executable, "-m", "wlsft_jax.main", "--config=configs/flyp_clip.py",
+            f"--workdir={bucket.url}/run", *TINY_FLYP, f"--config.flyp.steps={steps}",
+            "--config.flyp.checkpoint_every=2"]
+
+
+def _start_until_committed(args, bucket, log_path):
+    """Starts `args` (output to `log_path`); returns the process once it committed a step."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                                   stdout=log, stderr=log)
+    deadline = time.time() + 300
+    while not _committed_steps(bucket, "run/flyp/"):
+        if process.poll() is not None or time.time() > deadline:
+            process.kill()
+            pytest.fail(f"no checkpoint within 300 s: {log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return process
+
+
+@pytest.mark.slow
+def test_a_main_job_whose_bucket_stops_answering_ends_with_one_line_and_resumes_later(
+        gcs_bucket, tmp_path):
+    """The emulator killed as soon as a checkpoint is committed: the run ends within the
+    clients' retries (not tensorstore's quarter of an hour) with one line naming the save, the
+    step and the endpoint, and leaves its lock. With the emulator back on the same objects, the
+    same command takes the lock over and resumes from the last committed step."""
+    args = _main_job(gcs_bucket, steps=16)
+    log_path = tmp_path / "first.log"
+    first = _start_until_committed(args, gcs_bucket, log_path)
+    try:
+        gcs_bucket.stop()
+        stopped = time.monotonic()
+        status = first.wait(timeout=240)
+    finally:
+        first.kill()
+        first.wait()
+    elapsed, log = time.monotonic() - stopped, log_path.read_text()
+    assert status == 2, log[-3000:]
+    assert elapsed < 75, elapsed  # ~35 s of the save's retries, then no request more.
+    last = log.splitlines()[-1]
+    failed = re.fullmatch(
+        rf"wlsft_jax\.main: error: Cannot save checkpoint step (\d+) to {gcs_bucket.url}/run/"
+        rf"flyp/(\d+): requests to {gcs_bucket.endpoint} \(from STORAGE_EMULATOR_HOST\) still "
+        r"failed after about half a minute of retries \(ClientConnectorError: Cannot connect to "
+        rf"host .*\); rerun the same command once {gcs_bucket.url} answers \(a training run "
+        r"resumes from its last committed checkpoint\)\. \(rerun with --traceback to see where "
+        r"it came from\)", last)
+    assert failed and failed.group(1) == failed.group(2), last
+    assert not re.search(r'File ".*/wlsft_jax/', log), log[-3000:]  # No traceback of ours.
+
+    gcs_bucket.start()
+    committed = _committed_steps(gcs_bucket, "run/flyp/")
+    assert committed and committed[-1] < int(failed.group(1)) <= 16
+    assert "run/LOCK" in gcs_bucket.objects("run/")
+    second = subprocess.run(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"Taking over {gcs_bucket.url}/run/LOCK left by process {first.pid}" in second.stderr
+    assert f"[flyp] resumed from step {committed[-1]} " in second.stderr, second.stderr[-3000:]
+    objects = gcs_bucket.objects("run/")
+    assert "run/flyp/16/commit_success.txt" in objects and "run/report/report.md" in objects
+    assert "run/LOCK" not in objects
+
+
+@pytest.mark.slow
+def test_a_main_job_outlives_its_bucket_stopping_for_a_few_seconds(gcs_bucket, tmp_path):
+    """The emulator killed as soon as a checkpoint is committed and started again on the same
+    objects 5 s later: the saves in between are retried (by gcsfs and tensorstore) and the run
+    completes as if nothing happened."""
+    log_path = tmp_path / "run.log"
+    process = _start_until_committed(_main_job(gcs_bucket, steps=16), gcs_bucket, log_path)
+    try:
+        gcs_bucket.stop()
+        time.sleep(5)
+        assert process.poll() is None, log_path.read_text()[-3000:]  # It lived through it.
+        gcs_bucket.start()
+        status = process.wait(timeout=300)
+    finally:
+        process.kill()
+        process.wait()
+    log = log_path.read_text()
+    assert status == 0, log[-3000:]
+    assert "error" not in log.lower(), log[-3000:]
+    assert _committed_steps(gcs_bucket, "run/flyp/")[-1] == 16
+    objects = gcs_bucket.objects("run/")
+    assert "run/report/report.md" in objects and "run/LOCK" not in objects
 
 
 def _upload(local, remote):

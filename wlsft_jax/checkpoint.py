@@ -10,7 +10,8 @@ a pretrained model it was not fine-tuned from. Saves run in the background. A sa
 (crash, preemption) is never taken for a checkpoint: on a local disk orbax writes each step into
 a temporary directory and renames it at the end; on GCS (`gs://...`, see `wlsft_jax.storage`),
 which has no atomic rename, it writes the step in place and a commit_success.txt last, and a
-step without one is not listed.
+step without one is not listed. A save that a bucket unreachable for longer than the clients'
+retries cuts short raises `storage.UnreachableError` naming the step.
 """
 import hashlib
 from collections.abc import Mapping
@@ -23,11 +24,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from orbax.checkpoint._src.serialization import tensorstore_utils
 from orbax.checkpoint.checkpoint_managers import save_decision_policy as save_policies
 
 from wlsft_jax import storage
 
 STATE, DATA, METADATA = "state", "data", "metadata"
+
+# orbax makes every tensorstore context from these two dicts (it has no option for it): bound
+# tensorstore's GCS retries as gcsfs's are (`storage`).
+for _defaults in (tensorstore_utils._BASE_TS_CONTEXT,
+                  tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+    _defaults["gcs_request_retries"] = storage.TENSORSTORE_GCS_RETRIES
 
 
 def restore_target(shapes: Any, shardings: Any) -> Any:
@@ -102,6 +110,7 @@ class Checkpointer:
             ),
             item_names=(STATE, DATA, METADATA),
         )
+        self._saving = None  # The step of the last save started.
 
     @property
     def directory(self) -> epath.Path:
@@ -128,7 +137,12 @@ class Checkpointer:
             items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
         if metadata is not None:
             items[METADATA] = ocp.args.JsonSave(dict(metadata))
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self.wait_until_finished()  # As orbax would, but naming the step if that save failed.
+        with self._reporting(step):
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if started:
+            self._saving = step
+        return started
 
     def all_steps(self) -> list[int]:
         """Steps of all checkpoints, ascending (see `latest_step`)."""
@@ -209,12 +223,18 @@ class Checkpointer:
         self._manager.reload()
         return target
 
+    def _reporting(self, step: int):
+        return storage.reporting(f"save checkpoint step {step} to {self.directory / str(step)}",
+                                 self.directory)
+
     def wait_until_finished(self) -> None:
         """Blocks until the background save in flight (if any) is complete."""
-        self._manager.wait_until_finished()
+        with self._reporting(self._saving):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Completes pending saves and releases the manager."""
+        self.wait_until_finished()
         self._manager.close()
 
     def __enter__(self) -> "Checkpointer":

@@ -1,6 +1,7 @@
 """The command lines' error handling (`wlsft_jax.main`, `launch/sweep.py`): a user error
-(configuration, data, weights, workdir) ends the program with status 2 and one line saying what
-is wrong and what is valid, not a traceback; `--traceback` (or WLSFT_TRACEBACK=1) shows it."""
+(configuration, data, weights, workdir, a bucket that stopped answering) ends the program with
+status 2 and one line saying what is wrong and what is valid, not a traceback; `--traceback` (or
+WLSFT_TRACEBACK=1) shows it."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,8 @@ from etils import epath  # noqa: E402
 from wlsft_jax import storage, workdir  # noqa: E402
 
 USAGE_ERROR_STATUS = 2
-# ConnectionError: a gs:// endpoint that does not answer (`storage.check_bucket`).
+# ConnectionError: a gs:// endpoint that does not answer (`storage.check_bucket`,
+# `storage.UnreachableError`).
 USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, workdir.WorkdirBusyError)
 _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "On an error, show the full traceback (also WLSFT_TRACEBACK=1).")
@@ -43,10 +45,13 @@ def _with_clean_errors(main, exit_):
     def wrapped(argv):
         try:
             return main(argv)
-        except USER_ERRORS as error:
-            if _wants_traceback():
+        except Exception as error:
+            # A bucket that stopped answering: said by the first error that says so (a
+            # clean-up's request may fail the same way after it).
+            unreachable = storage.unreachable(error)
+            if _wants_traceback() or not (unreachable or isinstance(error, USER_ERRORS)):
                 raise
-            exit_(f"{error} (rerun with --traceback to see where it came from)")
+            exit_(f"{unreachable or error} (rerun with --traceback to see where it came from)")
     return wrapped
 
 

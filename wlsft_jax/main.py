@@ -105,7 +105,9 @@ def main(argv):
                                                 writer=writer)
                 print(table)
             writer.close()
-    except workdir_lib.WorkdirBusyError:  # The workdir is another run's: leave it be.
+    # The workdir is another run's, or its bucket stopped answering (a look inside would only
+    # retry in vain): leave it be.
+    except (workdir_lib.WorkdirBusyError, storage.UnreachableError):
         raise
     except Exception:
         if is_new and is_main_process and not _holds_checkpoints(workdir):

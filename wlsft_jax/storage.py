@@ -21,13 +21,25 @@ orbax step counts once its commit_success.txt, written last, exists. A folder's 
 checkpoint set aside) moves object by object, so a crash midway splits it; appending to a file
 is a read and a rewrite (`append_text`). gcsfs caches no listings here (`setup`), so a file
 that another process or host wrote is seen at once.
+
+A bucket that stops answering: each client retries a request that could not connect, or got a
+408, 429 or 5xx answer, 5 times, 1, 2, 4, 8 and 16 s apart (about half a minute): gcsfs on its
+own fixed schedule (plus up to 1 s of jitter each), tensorstore on the same one
+(`TENSORSTORE_GCS_RETRIES`, which `checkpoint` gives orbax; tensorstore's own would retry 32
+times, up to 32 s apart). An outage that outlasts them ends the operation with one
+`UnreachableError` naming it (`reporting`), not the clients' tracebacks.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import re
 import socket
 import tempfile
 import time
+import traceback
 import urllib.parse
 
 from etils import epath
@@ -36,6 +48,12 @@ EMULATOR_HOST = "STORAGE_EMULATOR_HOST"
 GCS_ENDPOINT = "https://storage.googleapis.com"
 # While a stage trains, its TensorBoard events reach the bucket at least this often.
 UPLOAD_EVENTS_EVERY_SECONDS = 60.0
+# tensorstore's `gcs_request_retries` context resource: gcsfs's schedule (module docstring).
+TENSORSTORE_GCS_RETRIES = {"max_retries": 5, "initial_delay": "1s", "max_delay": "16s"}
+
+
+class UnreachableError(ConnectionError):
+    """A gs:// request still failed after its client's retries (module docstring)."""
 
 
 def is_remote(path: epath.PathLike) -> bool:
@@ -67,6 +85,7 @@ def setup() -> None:
     # file that another process (host) wrote or removed since would be missed.
     gcsfs_options = dict(fsspec.config.conf.get("gcs", {}), use_listings_cache=False)
     fsspec.config.conf["gcs"] = gcsfs_options
+    logging.getLogger("gcsfs").addFilter(_without_traceback)
     if not os.environ.get(EMULATOR_HOST):
         return
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = endpoint()
@@ -77,6 +96,13 @@ def setup() -> None:
     # gcsfs >= 2026 asks the Storage Control API (gRPC) for each bucket's layout, which an
     # emulator does not serve: each operation would log a warning and wait. Read on import.
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """gcsfs logs a request it gives up on with the traceback of the error it then raises (and
+    that is reported, `reporting`): its line is enough."""
+    record.exc_info = record.exc_text = None
+    return True
 
 
 def _filesystem(path: epath.PathLike):
@@ -91,6 +117,12 @@ def bucket_of(path: epath.PathLike) -> str:
     return urllib.parse.urlparse(os.fspath(path)).netloc
 
 
+def _where() -> str:
+    """The endpoint, and where it came from when it is the emulator's."""
+    emulated = bool(os.environ.get(EMULATOR_HOST))
+    return f"{endpoint()} (from {EMULATOR_HOST})" if emulated else endpoint()
+
+
 def check_bucket(path: epath.PathLike, operation: str) -> None:
     """Raises an error naming the bucket, the endpoint and `operation` (e.g. "lock the workdir")
     when the bucket of a gs:// `path` cannot be reached or does not exist (a local path passes).
@@ -98,9 +130,8 @@ def check_bucket(path: epath.PathLike, operation: str) -> None:
     minute per request."""
     if not is_remote(path):
         return
-    bucket, url, emulated = bucket_of(path), endpoint(), bool(os.environ.get(EMULATOR_HOST))
-    where = f"{url} (from {EMULATOR_HOST})" if emulated else url
-    parsed = urllib.parse.urlparse(url)
+    bucket, where, emulated = bucket_of(path), _where(), bool(os.environ.get(EMULATOR_HOST))
+    parsed = urllib.parse.urlparse(endpoint())
     try:
         socket.create_connection(
             (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
@@ -119,12 +150,91 @@ def check_bucket(path: epath.PathLike, operation: str) -> None:
             f"{os.fspath(path)}.") from None
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the errors it was raised from or while handling, at any depth (both links:
+    an error raised `from` another still keeps the one it was raised while handling)."""
+    chain, todo = [], [error]
+    while todo:
+        error = todo.pop(0)
+        if error is not None and all(error is not link for link in chain):
+            chain.append(error)
+            todo += [error.__cause__, error.__context__]
+    return chain
+
+
+def _retried_in_vain(error: BaseException) -> bool:
+    """Whether `error` is a GCS client's last word on a request it retried (module docstring):
+    one that gcsfs retries, raised through gcsfs (not, say, a download's from elsewhere), or
+    tensorstore's "All N retry attempts failed"."""
+    from gcsfs import retry
+
+    through_gcsfs = any(f"{os.sep}gcsfs{os.sep}" in frame.filename
+                        for frame in traceback.extract_tb(error.__traceback__))
+    return ((through_gcsfs and retry.is_retriable(error))
+            or bool(re.search(r"All \d+ retry attempts failed", str(error))))
+
+
+def unreachable(error: BaseException, operation: str = "reach the bucket",
+                path: epath.PathLike | None = None) -> UnreachableError | None:
+    """The `UnreachableError` that `error` is or came from; else, if it came from a request
+    that its client retried in vain, a new one: "Cannot <operation>: requests to <endpoint>
+    still failed ..."; else None."""
+    chain = _chain(error)
+    found = next((link for link in chain if isinstance(link, UnreachableError)), None)
+    failed = next((link for link in chain if _retried_in_vain(link)), None)
+    if found or not failed:
+        return found
+    lines = str(failed).splitlines()
+    return UnreachableError(
+        f"Cannot {operation}: requests to {_where()} still failed after about half a minute of "
+        f"retries ({type(failed).__name__}: {lines[0][:200] if lines else ''}); rerun the same "
+        f"command once {f'gs://{bucket_of(path)}' if path else 'the bucket'} answers (a training "
+        "run resumes from its last committed checkpoint).")
+
+
+@contextlib.contextmanager
+def reporting(operation: str, path: epath.PathLike):
+    """Within it, a request to the bucket of gs:// `path` that its client retried in vain
+    raises one `UnreachableError` naming `operation` (`unreachable`). One from within, a
+    narrower operation's, passes unchanged."""
+    try:
+        yield
+    except Exception as error:
+        clear = unreachable(error, operation, path) if is_remote(path) else None
+        if clear is None or clear in _chain(error):
+            raise
+        raise clear from error
+
+
 def create_exclusive(path: epath.PathLike, text: str) -> bool:
     """Writes `text` to gs:// `path` unless the object exists; False if it did. One upload with
     the precondition ifGenerationMatch=0: of two concurrent calls, exactly one succeeds."""
     try:
         _filesystem(path).pipe_file(os.fspath(path), text.encode(), mode="create")
     except FileExistsError:
+        return False
+    return True
+
+
+def generation(path: epath.PathLike) -> int:
+    """The generation (version) of the gs:// object `path`; FileNotFoundError if there is none."""
+    return int(_filesystem(path).info(os.fspath(path))["generation"])
+
+
+def replace_if_generation(path: epath.PathLike, text: str, generation: int) -> bool:
+    """Overwrites the gs:// object `path` with `text` if it is still at `generation`; False if
+    it changed. One upload with the precondition ifGenerationMatch=<generation> (gcsfs uploads
+    only with =0): of concurrent calls that read the same generation, exactly one succeeds."""
+    filesystem = _filesystem(path)
+    bucket, key, _ = filesystem.split_path(os.fspath(path))
+    metadata = json.dumps({"name": key})
+    body = (f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{metadata}\n"
+            f"--==0==\nContent-Type: text/plain\n\n{text}\n--==0==--").encode()
+    url = f"{endpoint()}/upload/storage/v1/b/{urllib.parse.quote(bucket)}/o"
+    try:  # The JSON API's multipart upload, as gcsfs makes it.
+        filesystem.call("POST", url, uploadType="multipart", ifGenerationMatch=str(generation),
+                        data=body, headers={"Content-Type": 'multipart/related; boundary="==0=="'})
+    except FileExistsError:  # gcsfs's name for 412, the precondition failed.
         return False
     return True
 

@@ -4,9 +4,12 @@
   - **Lock.** It creates `<workdir>/LOCK` if absent (atomically: O_EXCL on a local disk, an
     upload with a does-not-exist precondition on gs://) holding the holder's host, pid and
     start time; a second run on a busy workdir stops with `WorkdirBusyError` naming the holder.
-    A lock left by a dead process on this host is taken over with a warning; one from another
-    host is only named (this host cannot tell whether it lives), with the command that removes
-    it. The lock is released on exit. On gs:// the bucket is checked first (`storage`).
+    A lock left by a dead process on this host is taken over with a warning (on gs:// by an
+    upload preconditioned on the generation read, so of several starts taking it over at once
+    one wins); one from another host is only named (this host cannot tell whether it lives),
+    with the command that removes it. The lock is released on exit, unless the bucket became
+    unreachable (`storage.UnreachableError`): a rerun on this host then takes it over. On gs://
+    the bucket is checked first (`storage`).
   - **Config drift.** `config.json` records the config the workdir was made with and is never
     overwritten: a rerun whose config differs in any key that changes results stops with
     `ConfigDriftError` listing the keys (`OUTCOME_NEUTRAL_KEYS` may differ: logging and
@@ -76,6 +79,16 @@ def _create_exclusive(path: epath.Path, text: str) -> bool:
     return True
 
 
+def _take_over(path: epath.Path, text: str, generation: int | None) -> bool:
+    """Replaces the lock `path` of a dead process (at `generation` on gs://) with `text`; False
+    if another start replaced it first. On gs:// one upload preconditioned on that generation;
+    on a local disk a removal, then an exclusive create."""
+    if storage.is_remote(path):
+        return storage.replace_if_generation(path, text, generation)
+    path.unlink(missing_ok=True)
+    return _create_exclusive(path, text)
+
+
 def acquire_lock(workdir: epath.Path) -> dict:
     """Takes `<workdir>/LOCK` (see the module docstring); returns what it wrote."""
     path = workdir / LOCK
@@ -83,14 +96,16 @@ def acquire_lock(workdir: epath.Path) -> dict:
     for _ in range(3):
         if _create_exclusive(path, json.dumps(holder)):
             return holder
-        try:
+        try:  # The generation first: the text read is of it or newer (then the take-over fails).
+            generation = storage.generation(path) if storage.is_remote(path) else None
             other = json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             continue  # Released, or being written, in between: try again.
         if other.get("host") == holder["host"] and not _is_alive(int(other.get("pid", -1))):
             logging.warning("Taking over %s left by process %s (started %s), which is gone.",
                             path, other.get("pid"), other.get("started"))
-            path.unlink(missing_ok=True)
+            if _take_over(path, json.dumps(holder), generation):
+                return holder
             continue
         remove = "gcloud storage rm" if storage.is_remote(path) else "rm"
         raise WorkdirBusyError(
@@ -150,7 +165,12 @@ def claim(workdir: epath.Path, config, *, is_main_process: bool = True):
     workdir.mkdir(parents=True, exist_ok=True)
     holder = acquire_lock(workdir)
     try:
-        record_config(workdir, config)
-        yield
-    finally:
+        with storage.reporting(f"use the workdir {workdir}", workdir):
+            record_config(workdir, config)
+            yield
+    except storage.UnreachableError:
+        raise  # Releasing the lock would retry in vain.
+    except BaseException:
         release_lock(workdir, holder)
+        raise
+    release_lock(workdir, holder)
