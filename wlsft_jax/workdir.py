@@ -4,12 +4,12 @@
   - **Lock.** It creates `<workdir>/LOCK` if absent (atomically: O_EXCL on a local disk, an
     upload with a does-not-exist precondition on gs://) holding the holder's host, pid and
     start time; a second run on a busy workdir stops with `WorkdirBusyError` naming the holder.
-    A lock left by a dead process on this host is taken over with a warning (on gs:// by an
-    upload preconditioned on the generation read, so of several starts taking it over at once
-    one wins); one from another host is only named (this host cannot tell whether it lives),
-    with the command that removes it. The lock is released on exit, unless the bucket became
-    unreachable (`storage.UnreachableError`): a rerun on this host then takes it over. On gs://
-    the bucket is checked first (`storage`).
+    A lock left by a dead process on this host is taken over with a warning (of several starts
+    taking it over at once one wins: on gs:// by an upload preconditioned on the generation
+    read, locally under an flock on the workdir); one from another host is only named (this
+    host cannot tell whether it lives), with the command that removes it. The lock is released
+    on exit, unless the bucket became unreachable (`storage.UnreachableError`): a rerun on this
+    host then takes it over. On gs:// the bucket is checked first (`storage`).
   - **Config drift.** `config.json` records the config the workdir was made with and is never
     overwritten: a rerun whose config differs in any key that changes results stops with
     `ConfigDriftError` listing the keys (`OUTCOME_NEUTRAL_KEYS` may differ: logging and
@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import re
 import socket
 import sys
+import threading
 
 from absl import logging
 from etils import epath
@@ -79,14 +81,27 @@ def _create_exclusive(path: epath.Path, text: str) -> bool:
     return True
 
 
-def _take_over(path: epath.Path, text: str, generation: int | None) -> bool:
-    """Replaces the lock `path` of a dead process (at `generation` on gs://) with `text`; False
-    if another start replaced it first. On gs:// one upload preconditioned on that generation;
-    on a local disk a removal, then an exclusive create."""
+def _take_over(path: epath.Path, text: str, seen: str, generation: int | None) -> bool:
+    """Replaces the lock `path` of a dead process, which read `seen` (at `generation` on gs://),
+    with `text`; False if another start replaced it first. On gs:// one upload preconditioned on
+    that generation. On a local disk the starts replace it one at a time, each holding an flock
+    on the workdir (the kernel drops it with its holder), and only while it still reads `seen`."""
     if storage.is_remote(path):
         return storage.replace_if_generation(path, text, generation)
-    path.unlink(missing_ok=True)
-    return _create_exclusive(path, text)
+    directory = os.open(os.fspath(path.parent), os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        try:
+            if path.read_text() != seen:
+                return False
+        except FileNotFoundError:
+            return False  # Released in between: the caller tries to create it again.
+        replacement = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+        replacement.write_text(text)
+        os.replace(replacement, path)
+        return True
+    finally:
+        os.close(directory)  # Releases the flock.
 
 
 def acquire_lock(workdir: epath.Path) -> dict:
@@ -98,13 +113,14 @@ def acquire_lock(workdir: epath.Path) -> dict:
             return holder
         try:  # The generation first: the text read is of it or newer (then the take-over fails).
             generation = storage.generation(path) if storage.is_remote(path) else None
-            other = json.loads(path.read_text())
+            seen = path.read_text()
+            other = json.loads(seen)
         except (FileNotFoundError, json.JSONDecodeError):
             continue  # Released, or being written, in between: try again.
         if other.get("host") == holder["host"] and not _is_alive(int(other.get("pid", -1))):
             logging.warning("Taking over %s left by process %s (started %s), which is gone.",
                             path, other.get("pid"), other.get("started"))
-            if _take_over(path, json.dumps(holder), generation):
+            if _take_over(path, json.dumps(holder), seen, generation):
                 return holder
             continue
         remove = "gcloud storage rm" if storage.is_remote(path) else "rm"
