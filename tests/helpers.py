@@ -7,8 +7,10 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import flax.linen as nn
@@ -350,3 +352,33 @@ SWEEP_TINY = ("--config.data.image_size=16", "--config.data.eval_examples_per_do
               "--config.model.txt.depth=1", "--config.model.txt.num_heads=2",
               "--config.model.txt.mlp_dim=64", "--config.model.embed_dim=32")
 SWEEP_DATASETS = ("photo", "sketch")
+
+
+def race_for_a_dead_runs_lock(workdir: epath.Path, monkeypatch, starts: int = 8):
+    """Writes a lock of a dead process of this host into `workdir`, lets `starts` threads call
+    `workdir.acquire_lock` at once (each a holder of its own, told apart by its thread's name);
+    returns (the holders that won, the names of those found the workdir busy)."""
+    from wlsft_jax import workdir as workdir_lib
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (workdir / workdir_lib.LOCK).write_text(
+        json.dumps(dict(host=socket.gethostname(), pid=dead.pid, started="long ago")))
+    holder = workdir_lib._holder
+    monkeypatch.setattr(workdir_lib, "_holder",
+                        lambda: dict(holder(), started=threading.current_thread().name))
+    start, won, busy = threading.Barrier(starts), [], []
+
+    def take_over():
+        start.wait()
+        try:
+            won.append(workdir_lib.acquire_lock(workdir))
+        except workdir_lib.WorkdirBusyError:
+            busy.append(threading.current_thread().name)
+
+    threads = [threading.Thread(target=take_over, name=f"start {i}") for i in range(starts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won, busy

@@ -17,7 +17,8 @@ import pytest
 from etils import epath
 
 from helpers import (REPO, SWEEP_CONFIG, SWEEP_DATASETS as DATASETS, SWEEP_TINY, flat, load,
-                     random_params, run_main_in_process, write_small_clip_files)
+                     race_for_a_dead_runs_lock, random_params, run_main_in_process,
+                     write_small_clip_files)
 from wlsft_jax import (checkpoint, context as context_lib, convert, recipes, sharding, storage,
                        sweep, workdir as workdir_lib)
 from wlsft_jax.models import two_towers, vit
@@ -86,37 +87,12 @@ def test_of_concurrent_creates_of_one_object_exactly_one_succeeds(gcs_bucket):
     assert gcs_bucket.read("run/LOCK") == f"thread {won[0]}".encode()
 
 
-def _dead_pid():
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def test_of_concurrent_takeovers_of_a_dead_runs_lock_on_a_bucket_exactly_one_wins(
         gcs_bucket, monkeypatch):
     """A dead run's lock is overwritten by one upload preconditioned on the generation read
     (not removed and created again, which lets several through): eight starts let go at once,
     one holds the workdir, the seven others find it in use."""
-    workdir = epath.Path(f"{gcs_bucket.url}/run")
-    (workdir / "LOCK").write_text(json.dumps(dict(host=socket.gethostname(), pid=_dead_pid(),
-                                                  started="long ago")))
-    holder = workdir_lib._holder  # Each thread a holder of its own, told apart by its name.
-    monkeypatch.setattr(workdir_lib, "_holder",
-                        lambda: dict(holder(), started=threading.current_thread().name))
-    start, won, busy = threading.Barrier(8), [], []
-
-    def take_over():
-        start.wait()
-        try:
-            won.append(workdir_lib.acquire_lock(workdir))
-        except workdir_lib.WorkdirBusyError:
-            busy.append(threading.current_thread().name)
-
-    threads = [threading.Thread(target=take_over, name=f"start {i}") for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    won, busy = race_for_a_dead_runs_lock(epath.Path(f"{gcs_bucket.url}/run"), monkeypatch)
     assert len(won) == 1 and len(busy) == 7, (won, busy)
     assert json.loads(gcs_bucket.read("run/LOCK")) == won[0]
 

@@ -7,13 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from etils import epath
 
-from helpers import REPO
+from helpers import REPO, race_for_a_dead_runs_lock
 from wlsft_jax import recipes, workdir as workdir_lib
 
 
@@ -46,26 +45,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_one_from_another_host_is_no
 def test_of_concurrent_takeovers_of_a_dead_runs_lock_exactly_one_wins(tmp_path, monkeypatch):
     """Eight starts let go at once on a dead run's lock: one holds the workdir, the seven others
     find it in use (a removal, then a create, let several through)."""
-    workdir = epath.Path(tmp_path)
-    (tmp_path / "LOCK").write_text(
-        json.dumps(dict(host=socket.gethostname(), pid=_dead_pid(), started="long ago")))
-    holder = workdir_lib._holder  # Each thread a holder of its own, told apart by its name.
-    monkeypatch.setattr(workdir_lib, "_holder",
-                        lambda: dict(holder(), started=threading.current_thread().name))
-    start, won, busy = threading.Barrier(8), [], []
-
-    def take_over():
-        start.wait()
-        try:
-            won.append(workdir_lib.acquire_lock(workdir))
-        except workdir_lib.WorkdirBusyError:
-            busy.append(threading.current_thread().name)
-
-    threads = [threading.Thread(target=take_over, name=f"start {i}") for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    won, busy = race_for_a_dead_runs_lock(epath.Path(tmp_path), monkeypatch)
     assert len(won) == 1 and len(busy) == 7, (won, busy)
     assert json.loads((tmp_path / "LOCK").read_text()) == won[0]
     assert sorted(os.listdir(tmp_path)) == ["LOCK"]
