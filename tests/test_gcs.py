@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from helpers import (REPO, SWEEP_CONFIG, SWEEP_DATASETS as DATASETS, SWEEP_TINY, flat, load,
-                     race_for_a_dead_runs_lock, random_params, run_main_in_process,
-                     write_small_clip_files)
+from helpers import (REPO, SWEEP_CONFIG, SWEEP_DATASETS as DATASETS, SWEEP_TINY, flat,
+                     free_port, load, race_for_a_dead_runs_lock, random_params,
+                     run_main_in_process, write_small_clip_files)
 from wlsft_jax import (checkpoint, context as context_lib, convert, recipes, sharding, storage,
                        sweep, workdir as workdir_lib)
 from wlsft_jax.models import two_towers, vit
@@ -140,6 +140,50 @@ def test_a_missing_bucket_or_a_stopped_emulator_is_one_error_naming_bucket_and_e
                              r"unset STORAGE_EMULATOR_HOST"):
         with workdir_lib.claim(epath.Path(f"{gcs_bucket.url}/run"), config):
             pass
+
+
+HELD_BY_RETRIES = """
+import threading
+from etils import epath
+from wlsft_jax import cli, storage
+cli.SECONDS_TO_END_AFTER_A_REQUEST_GAVE_UP = 1.0
+
+def requests_one_after_another():  # As orbax's save thread does: each retried half a minute.
+    for name in ("a", "b", "c"):
+        try:
+            epath.Path(f"gs://held/run/{name}").exists()
+        except Exception:
+            pass
+
+def main(argv):
+    with storage.reporting("save checkpoint step 4 to gs://held/run/4", "gs://held/run"):
+        thread = threading.Thread(target=requests_one_after_another)
+        thread.start()
+        thread.join()
+
+cli.run(main, "held")
+"""
+
+
+@pytest.mark.slow
+def test_a_program_held_by_requests_each_retried_is_stopped_once_one_gave_up():
+    """A library thread that goes on with request after request to a bucket that does not
+    answer (each retried for half a minute by gcsfs) would hold the program for minutes: it is
+    stopped `cli.SECONDS_TO_END_AFTER_A_REQUEST_GAVE_UP` after the first gave up, with one line
+    naming the operation under way."""
+    endpoint = f"http://127.0.0.1:{free_port()}"  # Nothing listens there.
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", HELD_BY_RETRIES], cwd=REPO, text=True,
+                            capture_output=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=REPO, STORAGE_EMULATOR_HOST=endpoint))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2 and 25 < elapsed < 50, (elapsed, result.stderr[-3000:])
+    assert re.fullmatch(
+        rf"held: error: Cannot save checkpoint step 4 to gs://held/run/4: requests to "
+        rf"{endpoint} \(from STORAGE_EMULATOR_HOST\) still failed after about half a minute of "
+        rf"retries \(Cannot connect to host .*\); rerun the same command once gs://held answers "
+        r"\(a training run resumes from its last committed checkpoint\)\. \(stopped: the bucket "
+        r"still does not answer\)", result.stderr.splitlines()[-1]), result.stderr[-3000:]
 
 
 def test_gs_paths_go_to_the_emulator_even_after_a_path_was_used_before_setup(
@@ -322,6 +366,60 @@ def test_a_main_job_whose_bucket_stops_answering_ends_with_one_line_and_resumes_
     objects = gcs_bucket.objects("run/")
     assert "run/flyp/16/commit_success.txt" in objects and "run/report/report.md" in objects
     assert "run/LOCK" not in objects
+
+
+def _half_written_steps(bucket, prefix):
+    """Steps under `prefix` with objects written but no commit file yet."""
+    names = bucket.objects(prefix)
+    steps = {int(match.group(1)) for name in names
+             if (match := re.fullmatch(re.escape(prefix) + r"(\d+)/.+", name))}
+    return sorted(step for step in steps if f"{prefix}{step}/commit_success.txt" not in names)
+
+
+@pytest.mark.slow
+def test_a_bucket_stopped_in_the_middle_of_a_save_leaves_a_step_the_rerun_does_not_take(
+        gcs_bucket, tmp_path):
+    """The emulator killed while a save has written some of a step's objects but not its commit
+    file (after an earlier step committed): the run ends with the one-line error; the
+    half-written step stays in the bucket, the rerun resumes from the step committed before it,
+    saves that step again in full and finishes."""
+    args = _main_job(gcs_bucket, steps=16)
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                                 stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 300
+        while not (_committed_steps(gcs_bucket, "run/flyp/")
+                   and (half_written := _half_written_steps(gcs_bucket, "run/flyp/"))):
+            assert first.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+        gcs_bucket.stop()
+        stopped = time.monotonic()
+        status = first.wait(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    # orbax's save thread goes on request after request, each retried for half a minute: the
+    # program is stopped 30 s after the first gave up (`cli`), if it has not ended by then.
+    elapsed, log = time.monotonic() - stopped, log_path.read_text()
+    assert status == 2 and elapsed < 75, (elapsed, log[-3000:])
+    last = log.splitlines()[-1]
+    assert re.fullmatch(
+        r"wlsft_jax\.main: error: Cannot .*: requests to .* still failed after about half a "
+        rf"minute of retries \(.*\); rerun the same command once {gcs_bucket.url} answers .*",
+        last), last
+
+    gcs_bucket.start()
+    step = half_written[-1]
+    assert step in _half_written_steps(gcs_bucket, "run/flyp/")  # Still there, uncommitted.
+    committed = _committed_steps(gcs_bucket, "run/flyp/")
+    assert committed and committed[-1] < step
+    second = subprocess.run(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"[flyp] resumed from step {committed[-1]} " in second.stderr, second.stderr[-3000:]
+    assert _committed_steps(gcs_bucket, "run/flyp/")[-1] == 16
+    assert not _half_written_steps(gcs_bucket, "run/flyp/")  # Step `step` saved again in full.
 
 
 @pytest.mark.slow

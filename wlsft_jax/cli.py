@@ -8,6 +8,8 @@ import importlib.util
 import os
 import re
 import sys
+import threading
+import time
 
 # Before anything imports TensorFlow (clu's TensorBoard writer, tfds): its C++ INFO lines off,
 # and its oneDNN notice (TensorFlow only writes events and reads datasets here; no TF math).
@@ -27,12 +29,41 @@ _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "On an error, show the full traceback (also WLSFT_TRACEBACK=1).")
 
 
+# Once a gs:// request gave up, the program has this long to end on its own (normally its
+# error is reported at once); then, if the bucket still does not answer, it is stopped.
+SECONDS_TO_END_AFTER_A_REQUEST_GAVE_UP = 30.0
+
+
 def run(main, program: str) -> None:
     """`app.run(main)` with user errors reported as one line, "<program>: error: ...", and
     status 2; every gs:// client pointed at GCS or the emulator first (`storage.setup`)."""
     storage.setup()
+    storage.when_a_request_gives_up(lambda error: _stop_if_stuck(program, error))
     exit_ = lambda message: exit_with_message(program, message)
     app.run(_with_clean_errors(main, exit_), flags_parser=lambda argv: parse_flags(argv, exit_))
+
+
+def _stop_if_stuck(program: str, error: storage.UnreachableError) -> None:
+    """Ends the process (status 2) if it still runs `SECONDS_TO_END_AFTER_A_REQUEST_GAVE_UP`
+    after a gs:// request gave up while the bucket still does not answer: a library thread
+    (orbax's) can go on with request after request, each retried for half a minute, and hold
+    the program (even at exit, which waits for such threads). Says `error` unless an error was
+    reported already. One watch at a time."""
+    if _watching:
+        return
+    _watching.append(error)
+
+    def watch():
+        time.sleep(SECONDS_TO_END_AFTER_A_REQUEST_GAVE_UP)
+        if storage.endpoint_answers():
+            _watching.clear()  # It answers again: the program goes on, or ends by itself.
+            return
+        if not _reported:
+            print(f"{program}: error: {error} (stopped: the bucket still does not answer)",
+                  file=sys.stderr, flush=True)
+        os._exit(USAGE_ERROR_STATUS)
+
+    threading.Thread(target=watch, name="stop-if-stuck", daemon=True).start()
 
 
 def _wants_traceback(argv=()) -> bool:
@@ -55,8 +86,13 @@ def _with_clean_errors(main, exit_):
     return wrapped
 
 
+_reported = []  # Whether an error was printed (`exit_with_message`).
+_watching = []  # The error a `_stop_if_stuck` watch is under way for.
+
+
 def exit_with_message(program: str, message: str) -> None:
-    print(f"{program}: error: {message}", file=sys.stderr)
+    print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    _reported.append(message)
     sys.exit(USAGE_ERROR_STATUS)
 
 

@@ -27,7 +27,9 @@ A bucket that stops answering: each client retries a request that could not conn
 own fixed schedule (plus up to 1 s of jitter each), tensorstore on the same one
 (`TENSORSTORE_GCS_RETRIES`, which `checkpoint` gives orbax; tensorstore's own would retry 32
 times, up to 32 s apart). An outage that outlasts them ends the operation with one
-`UnreachableError` naming it (`reporting`), not the clients' tracebacks.
+`UnreachableError` naming it (`reporting`), not the clients' tracebacks; and since a library
+may swallow that error or go on with more requests, each request that gcsfs gives up on is told
+to `when_a_request_gives_up` (the command lines stop the program if it is still held 30 s later).
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def setup() -> None:
     # file that another process (host) wrote or removed since would be missed.
     gcsfs_options = dict(fsspec.config.conf.get("gcs", {}), use_listings_cache=False)
     fsspec.config.conf["gcs"] = gcsfs_options
-    logging.getLogger("gcsfs").addFilter(_without_traceback)
+    logging.getLogger("gcsfs").addFilter(_on_gcsfs_log)
     if not os.environ.get(EMULATOR_HOST):
         return
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = endpoint()
@@ -98,11 +100,47 @@ def setup() -> None:
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 
-def _without_traceback(record: logging.LogRecord) -> bool:
+def _on_gcsfs_log(record: logging.LogRecord) -> bool:
     """gcsfs logs a request it gives up on with the traceback of the error it then raises (and
-    that is reported, `reporting`): its line is enough."""
+    that is reported, `reporting`): its line is enough. Such a request is also told to
+    `when_a_request_gives_up`'s callbacks."""
     record.exc_info = record.exc_text = None
+    if "out of retries" in record.getMessage():
+        operation, path = _operations[-1] if _operations else ("reach the bucket", None)
+        error = _unreachable_error(operation, path,
+                                   record.getMessage().partition("exception: ")[2])
+        for callback in _give_up_callbacks:
+            callback(error)
     return True
+
+
+# The `reporting` blocks entered, innermost last: (operation, path).
+_operations: list[tuple[str, epath.PathLike | None]] = []
+_give_up_callbacks: list = []
+
+
+def when_a_request_gives_up(callback) -> None:
+    """Calls `callback(UnreachableError naming the innermost operation under way)` each time
+    gcsfs gives up on a request: a library may swallow that error, or go on with other requests
+    that each retry for half a minute (`cli` bounds how long the program then lives)."""
+    _give_up_callbacks.append(callback)
+
+
+def _connection_error(timeout: float = 10.0) -> OSError | None:
+    """Why a connection to `endpoint()` fails now (one try), or None if it succeeds."""
+    parsed = urllib.parse.urlparse(endpoint())
+    try:
+        socket.create_connection(
+            (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+            timeout=timeout).close()
+    except OSError as error:
+        return error
+    return None
+
+
+def endpoint_answers() -> bool:
+    """Whether `endpoint()` accepts a connection now (one try, 10 s at most)."""
+    return _connection_error() is None
 
 
 def _filesystem(path: epath.PathLike):
@@ -131,12 +169,8 @@ def check_bucket(path: epath.PathLike, operation: str) -> None:
     if not is_remote(path):
         return
     bucket, where, emulated = bucket_of(path), _where(), bool(os.environ.get(EMULATOR_HOST))
-    parsed = urllib.parse.urlparse(endpoint())
-    try:
-        socket.create_connection(
-            (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
-            timeout=10).close()
-    except OSError as error:
+    error = _connection_error()
+    if error is not None:
         remedy = (f"start the emulator there, or unset {EMULATOR_HOST} to use Google Cloud "
                   "Storage" if emulated else "check this machine's network")
         raise ConnectionError(f"Cannot {operation} on gs://{bucket}: nothing answers at {where} "
@@ -185,11 +219,17 @@ def unreachable(error: BaseException, operation: str = "reach the bucket",
     if found or not failed:
         return found
     lines = str(failed).splitlines()
+    return _unreachable_error(operation, path,
+                              f"{type(failed).__name__}: {lines[0][:200] if lines else ''}")
+
+
+def _unreachable_error(operation: str, path: epath.PathLike | None,
+                       failure: str) -> UnreachableError:
     return UnreachableError(
         f"Cannot {operation}: requests to {_where()} still failed after about half a minute of "
-        f"retries ({type(failed).__name__}: {lines[0][:200] if lines else ''}); rerun the same "
-        f"command once {f'gs://{bucket_of(path)}' if path else 'the bucket'} answers (a training "
-        "run resumes from its last committed checkpoint).")
+        f"retries ({failure}); rerun the same command once "
+        f"{f'gs://{bucket_of(path)}' if path else 'the bucket'} answers (a training run resumes "
+        "from its last committed checkpoint).")
 
 
 @contextlib.contextmanager
@@ -197,6 +237,7 @@ def reporting(operation: str, path: epath.PathLike):
     """Within it, a request to the bucket of gs:// `path` that its client retried in vain
     raises one `UnreachableError` naming `operation` (`unreachable`). One from within, a
     narrower operation's, passes unchanged."""
+    _operations.append((operation, path))
     try:
         yield
     except Exception as error:
@@ -204,6 +245,8 @@ def reporting(operation: str, path: epath.PathLike):
         if clear is None or clear in _chain(error):
             raise
         raise clear from error
+    finally:
+        _operations.remove((operation, path))
 
 
 def create_exclusive(path: epath.PathLike, text: str) -> bool:
