@@ -90,27 +90,22 @@ def time_steps_during_async_save(directory: str, steps: int, repeats: int) -> di
     run, _, carry = train_step.jax_step("float32")
     if epath.Path(directory).exists():
         epath.Path(directory).rmtree()
-    saved = iter(range(1, 10**6))
     with checkpoint.Checkpointer(directory, max_to_keep=2, async_save=True) as manager:
 
-        def with_save():
+        def timed_steps(save_step: int | None) -> float:
+            """Seconds of `steps` steps, from the start of a save of step `save_step` if any."""
             manager.wait_until_finished()  # The previous repeat's save, outside the timing.
             start = time.perf_counter()
-            manager.save(next(saved), carry[0], force=True)
-            train_step.repeat(run, steps)
-            return time.perf_counter() - start
-
-        def without_save():
-            manager.wait_until_finished()
-            start = time.perf_counter()
+            if save_step is not None:
+                manager.save(save_step, carry[0], force=True)
             train_step.repeat(run, steps)
             return time.perf_counter() - start
 
         train_step.repeat(run, 2)  # Compiled and warm.
         durations = {"without": [], "with": []}
-        for _ in range(repeats):
-            durations["without"].append(without_save())
-            durations["with"].append(with_save())
+        for repeat in range(1, repeats + 1):
+            durations["without"].append(timed_steps(None))
+            durations["with"].append(timed_steps(repeat))
         manager.wait_until_finished()
     return {name: statistics.median(values) / steps for name, values in durations.items()}
 

@@ -309,18 +309,37 @@ def _main_job(bucket, steps):
             "--config.flyp.checkpoint_every=2"]
 
 
-def _start_until_committed(args, bucket, log_path):
-    """Starts `args` (output to `log_path`); returns the process once it committed a step."""
+def _start_until(args, log_path, ready):
+    """Starts `args` (output to `log_path`); once `ready()` returns something true, returns the
+    process and that."""
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                                    stdout=log, stderr=log)
     deadline = time.time() + 300
-    while not _committed_steps(bucket, "run/flyp/"):
+    while not (value := ready()):
         if process.poll() is not None or time.time() > deadline:
             process.kill()
-            pytest.fail(f"no checkpoint within 300 s: {log_path.read_text()[-3000:]}")
+            pytest.fail(f"not ready within 300 s: {log_path.read_text()[-3000:]}")
         time.sleep(0.05)
-    return process
+    return process, value
+
+
+def _start_until_committed(args, bucket, log_path):
+    """Starts `args`; returns the process once it committed a step."""
+    return _start_until(args, log_path, lambda: _committed_steps(bucket, "run/flyp/"))[0]
+
+
+def _stop_bucket_until_it_ends(bucket, process, timeout):
+    """Stops the emulator; returns the exit status of `process` and the seconds it took to end
+    after that (killed if it outlives `timeout`)."""
+    try:
+        bucket.stop()
+        stopped = time.monotonic()
+        status = process.wait(timeout=timeout)
+    finally:
+        process.kill()
+        process.wait()
+    return status, time.monotonic() - stopped
 
 
 @pytest.mark.slow
@@ -333,14 +352,8 @@ def test_a_main_job_whose_bucket_stops_answering_ends_with_one_line_and_resumes_
     args = _main_job(gcs_bucket, steps=16)
     log_path = tmp_path / "first.log"
     first = _start_until_committed(args, gcs_bucket, log_path)
-    try:
-        gcs_bucket.stop()
-        stopped = time.monotonic()
-        status = first.wait(timeout=240)
-    finally:
-        first.kill()
-        first.wait()
-    elapsed, log = time.monotonic() - stopped, log_path.read_text()
+    status, elapsed = _stop_bucket_until_it_ends(gcs_bucket, first, timeout=240)
+    log = log_path.read_text()
     assert status == 2, log[-3000:]
     assert elapsed < 75, elapsed  # ~35 s of the save's retries, then no request more.
     last = log.splitlines()[-1]
@@ -385,23 +398,13 @@ def test_a_bucket_stopped_in_the_middle_of_a_save_leaves_a_step_the_rerun_does_n
     saves that step again in full and finishes."""
     args = _main_job(gcs_bucket, steps=16)
     log_path = tmp_path / "first.log"
-    with open(log_path, "w") as log:
-        first = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
-                                 stdout=log, stderr=log)
-    try:
-        deadline = time.time() + 300
-        while not (_committed_steps(gcs_bucket, "run/flyp/")
-                   and (half_written := _half_written_steps(gcs_bucket, "run/flyp/"))):
-            assert first.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-        gcs_bucket.stop()
-        stopped = time.monotonic()
-        status = first.wait(timeout=120)
-    finally:
-        first.kill()
-        first.wait()
+    first, half_written = _start_until(
+        args, log_path, lambda: (_committed_steps(gcs_bucket, "run/flyp/")
+                                 and _half_written_steps(gcs_bucket, "run/flyp/")))
     # orbax's save thread goes on request after request, each retried for half a minute: the
     # program is stopped 30 s after the first gave up (`cli`), if it has not ended by then.
-    elapsed, log = time.monotonic() - stopped, log_path.read_text()
+    status, elapsed = _stop_bucket_until_it_ends(gcs_bucket, first, timeout=120)
+    log = log_path.read_text()
     assert status == 2 and elapsed < 75, (elapsed, log[-3000:])
     last = log.splitlines()[-1]
     assert re.fullmatch(

@@ -5,6 +5,8 @@ WLSFT_TRACEBACK=1) shows it."""
 from __future__ import annotations
 
 import importlib.util
+import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -61,6 +63,8 @@ def _stop_if_stuck(program: str, error: storage.UnreachableError) -> None:
         if not _reported:
             print(f"{program}: error: {error} (stopped: the bucket still does not answer)",
                   file=sys.stderr, flush=True)
+        for worker in multiprocessing.active_children():  # grain's workers: none left behind.
+            worker.kill()
         os._exit(USAGE_ERROR_STATUS)
 
     threading.Thread(target=watch, name="stop-if-stuck", daemon=True).start()
@@ -93,6 +97,10 @@ _watching = []  # The error a `_stop_if_stuck` watch is under way for.
 def exit_with_message(program: str, message: str) -> None:
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)
     _reported.append(message)
+    # The error stays the last line: library threads still ending (a gs:// request giving up
+    # at exit, its event loop closed under it) log and print nothing more.
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = sys.unraisablehook = lambda *_: None
     sys.exit(USAGE_ERROR_STATUS)
 
 
